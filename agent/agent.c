@@ -1,0 +1,499 @@
+/* agent: one session's event loop (fd 3 <-> one child): request, checkpoint, commands,
+ * exec report, exit status, orphan policy. Must never block on Python, write a frame out
+ * of the protocol's order, or leave a child unreaped. */
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "chan.h"
+#include "report.h"
+#include "request.h"
+#include "spawn.h"
+#include "util.h"
+#include "wire.h"
+
+#define MAX_BUFFERED_SIGNALS 65536u
+
+enum phase {
+	PH_REQUEST,	/* reading the first frame */
+	PH_STARTING,	/* SPAWNED sent; waiting for the child's ready record */
+	PH_PARKED,	/* READY sent; the child waits on the release pipe */
+	PH_RELEASED,	/* released; reading the report pipe to EOF */
+	PH_RUNNING,	/* RUNNING sent; waiting for the exit */
+};
+
+struct session {
+	struct chan ch;
+	enum phase phase;
+	struct spawn_req req;
+	int *passed;		/* fds received with the request */
+	size_t npassed;
+	struct child child;
+	uint8_t rep[2 * REPORT_MAX];	/* report pipe bytes not yet acted on */
+	size_t rep_len;
+	int abort_pending;
+	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
+	size_t nsigs, sigcap;
+	int peer_gone;		/* Python closed the channel: orphan policy */
+	int done;		/* terminal frame sent (or nobody to send it to) */
+};
+
+/* ---- frames to Python ---- */
+
+static void send_frame(struct session *s, struct wire_out *o)
+{
+	if (s->peer_gone)
+		return;
+	if (wire_end(o) < 0) {
+		diag("encode", EOVERFLOW);
+		return;
+	}
+	int err = chan_send(s->ch.fd, o);
+	if (err) {
+		s->peer_gone = 1;
+		if (err != EPIPE && err != ECONNRESET)
+			diag("send", err);
+	}
+}
+
+static void send_empty(struct session *s, uint16_t type)
+{
+	struct wire_out o;
+
+	wire_begin(&o, type);
+	send_frame(s, &o);
+}
+
+static void send_u32s(struct session *s, uint16_t type, int n, uint32_t a, uint32_t b)
+{
+	struct wire_out o;
+
+	wire_begin(&o, type);
+	wire_put_u32(&o, 1, a);
+	if (n > 1)
+		wire_put_u32(&o, 2, b);
+	send_frame(s, &o);
+}
+
+static void send_stage(struct session *s, uint16_t type, const char *stage, int err)
+{
+	struct wire_out o;
+
+	wire_begin(&o, type);
+	wire_put_bytes(&o, 1, stage, strlen(stage));
+	wire_put_u32(&o, 2, (uint32_t)err);
+	send_frame(s, &o);
+}
+
+static void notice(struct session *s, const char *stage, int err)
+{
+	send_stage(s, MSG_NOTICE, stage, err);
+}
+
+/* The one way to end a session with an error: the child goes first, so no workload
+ * outlives an ERROR. */
+static void fail(struct session *s, const char *stage, int err)
+{
+	child_discard(&s->child);
+	send_stage(s, MSG_ERROR, stage, err);
+	s->done = 1;
+}
+
+static void finish(struct session *s, uint16_t type, int n, uint32_t v)
+{
+	if (n)
+		send_u32s(s, type, 1, v, 0);
+	else
+		send_empty(s, type);
+	s->done = 1;
+}
+
+/* ---- the child's lifecycle ---- */
+
+static void close_passed(struct session *s)
+{
+	for (size_t i = 0; i < s->npassed; i++)
+		close(s->passed[i]);
+	free(s->passed);
+	s->passed = NULL;
+	s->npassed = 0;
+}
+
+static void deliver(struct session *s, uint32_t signum)
+{
+	if (pidfd_send_signal(s->child.pidfd, (int)signum, NULL, 0) < 0)
+		notice(s, "signal", errno);
+}
+
+static void release(struct session *s)
+{
+	int err = write_all(s->child.release_wr, "G", 1);
+
+	close_fd(&s->child.release_wr);
+	if (err) {
+		fail(s, "exec_outcome", err);
+		return;
+	}
+	s->phase = PH_RELEASED;
+}
+
+static void do_abort(struct session *s)
+{
+	/* EOF on the release pipe: the child _exits without running anything */
+	close_fd(&s->child.release_wr);
+	child_reap(&s->child);
+	finish(s, MSG_ABORTED, 0, 0);
+}
+
+static void on_ready(struct session *s, int32_t child_pid)
+{
+	s->phase = PH_PARKED;
+	send_u32s(s, MSG_READY, 2, (uint32_t)s->child.pid, (uint32_t)child_pid);
+	if (s->abort_pending)
+		do_abort(s);
+	else if (s->req.auto_proceed)
+		release(s);
+}
+
+/* The ready record (or the child's error before it). */
+static void parse_ready(struct session *s, int eof)
+{
+	struct report_rec rec;
+	int n = report_parse(s->rep, s->rep_len, &rec);
+
+	if (n == 0) {
+		if (eof)
+			fail(s, "ready_frame", EIO);
+		return;
+	}
+	if (n > 0 && rec.kind == REPORT_ERROR) {
+		fail(s, rec.stage, rec.value);
+		return;
+	}
+	if (n < 0 || rec.kind != REPORT_READY) {
+		fail(s, "malformed_ready", EPROTO);
+		return;
+	}
+	memmove(s->rep, s->rep + n, s->rep_len - (size_t)n);
+	s->rep_len -= (size_t)n;
+	on_ready(s, rec.value);
+}
+
+/* At EOF after release: 'E' alone means execve worked; any error record wins (execve
+ * itself fails after 'E'); anything else means the child died on the way. */
+static void exec_outcome(struct session *s)
+{
+	struct report_rec rec, err_rec;
+	size_t off = 0;
+	int saw_exec = 0, saw_err = 0, bad = 0;
+
+	while (off < s->rep_len) {
+		int n = report_parse(s->rep + off, s->rep_len - off, &rec);
+		if (n <= 0 || rec.kind == REPORT_READY) {
+			bad = 1;
+			break;
+		}
+		if (rec.kind == REPORT_ERROR && !saw_err) {
+			err_rec = rec;
+			saw_err = 1;
+		}
+		if (rec.kind == REPORT_EXEC)
+			saw_exec = 1;
+		off += (size_t)n;
+	}
+	s->rep_len = 0;
+	if (saw_err) {
+		fail(s, err_rec.stage, err_rec.value);
+		return;
+	}
+	if (bad || !saw_exec) {
+		fail(s, "exec_outcome", bad ? EPROTO : EIO);
+		return;
+	}
+	close_fd(&s->child.report_rd);
+	s->phase = PH_RUNNING;
+	send_empty(s, MSG_RUNNING);
+	for (size_t i = 0; i < s->nsigs; i++)
+		deliver(s, s->sigs[i]);
+	s->nsigs = 0;
+}
+
+static void on_report(struct session *s)
+{
+	if (s->rep_len == sizeof(s->rep)) {
+		fail(s, s->phase == PH_STARTING ? "malformed_ready" : "exec_outcome", EPROTO);
+		return;
+	}
+	ssize_t n = read_some(s->child.report_rd, s->rep + s->rep_len, sizeof(s->rep) - s->rep_len);
+	const char *stage = s->phase == PH_STARTING ? "ready_frame" : "exec_outcome";
+	if (n < 0) {
+		fail(s, stage, (int)-n);
+		return;
+	}
+	s->rep_len += (size_t)n;
+	switch (s->phase) {
+	case PH_STARTING:
+		parse_ready(s, n == 0);
+		break;
+	case PH_PARKED:
+		/* the child writes nothing while parked; EOF means it was killed */
+		if (n == 0)
+			fail(s, "exec_outcome", EIO);
+		break;
+	case PH_RELEASED:
+		if (n == 0)
+			exec_outcome(s);
+		break;
+	default:
+		break;
+	}
+}
+
+static void on_exit_ready(struct session *s)
+{
+	int st = child_reap(&s->child);
+
+	if (WIFSIGNALED(st))
+		finish(s, MSG_SIGNALED, 1, (uint32_t)WTERMSIG(st));
+	else
+		finish(s, MSG_EXITED, 1, (uint32_t)WEXITSTATUS(st));
+}
+
+/* ---- frames from Python ---- */
+
+/* The first frame. ENTER is where enter mode plugs in: an enter.c that decodes it, opens
+ * /proc/<pid>/ns/<type>, setns and forks, filling the same struct child; everything from
+ * SPAWNED on is shared. */
+static void on_request(struct session *s, const struct wire_frame *f)
+{
+	struct fail fl;
+
+	if (f->type != MSG_SPAWN || s->ch.truncated) {
+		fail(s, "malformed_request", EINVAL);
+		return;
+	}
+	s->npassed = s->ch.nfds;
+	if (s->npassed) {
+		s->passed = calloc(s->npassed, sizeof(int));
+		if (!s->passed) {
+			fail(s, "request_too_big", ENOMEM);
+			return;
+		}
+		for (size_t i = 0; i < s->npassed; i++)
+			s->passed[i] = chan_take_fd(&s->ch);
+	}
+	int rc = request_decode_spawn(f, s->npassed, &s->req);
+	if (rc) {
+		fail(s, rc == ENOMEM ? "request_too_big" : "malformed_request", rc);
+		return;
+	}
+	if (spawn_start(&s->req, s->passed, s->ch.fd, &s->child, &fl)) {
+		fail(s, fl.stage, fl.err);
+		return;
+	}
+	/* the child has its copies; ours would keep pipes open past the workload */
+	close_passed(s);
+	s->phase = PH_STARTING;
+	send_u32s(s, MSG_SPAWNED, 2, (uint32_t)s->child.pid, (uint32_t)getpid());
+	if (spawn_write_maps(&s->req, s->child.pid, &fl))
+		fail(s, fl.stage, fl.err);
+}
+
+static void buffer_signal(struct session *s, uint32_t signum)
+{
+	if (s->nsigs == s->sigcap) {
+		size_t ncap = s->sigcap ? s->sigcap * 2 : 8;
+		uint32_t *ns = ncap <= MAX_BUFFERED_SIGNALS ? realloc(s->sigs, ncap * sizeof(*ns)) : NULL;
+		if (!ns) {
+			notice(s, "signal", ncap <= MAX_BUFFERED_SIGNALS ? ENOMEM : ENOBUFS);
+			return;
+		}
+		s->sigs = ns;
+		s->sigcap = ncap;
+	}
+	s->sigs[s->nsigs++] = signum;
+}
+
+static void on_command(struct session *s, const struct wire_frame *f)
+{
+	uint32_t signum;
+
+	switch (f->type) {
+	case MSG_PROCEED:
+		if (request_decode_empty(f))
+			notice(s, "malformed_command", EINVAL);
+		else if (s->phase == PH_STARTING)
+			notice(s, "proceed", EAGAIN);
+		else if (s->phase == PH_PARKED)
+			release(s);
+		break;
+	case MSG_ABORT:
+		if (request_decode_empty(f))
+			notice(s, "malformed_command", EINVAL);
+		else if (s->phase == PH_STARTING)
+			s->abort_pending = 1;
+		else if (s->phase == PH_PARKED)
+			do_abort(s);
+		else
+			notice(s, "abort", EBUSY);
+		break;
+	case MSG_SIGNAL:
+		if (request_decode_signal(f, &signum))
+			notice(s, "malformed_command", EINVAL);
+		else if (s->phase == PH_RUNNING)
+			deliver(s, signum);
+		else
+			buffer_signal(s, signum);
+		break;
+	default:
+		notice(s, "malformed_command", EINVAL);
+		break;
+	}
+}
+
+static void on_channel(struct session *s)
+{
+	uint32_t cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
+	const char *too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
+	long n = chan_fill(&s->ch, cap);
+
+	if (n == -EAGAIN)
+		return;
+	if (n == -ENOMEM) {
+		fail(s, too_big, ENOMEM);
+		return;
+	}
+	if (n <= 0) {
+		/* EOF, or the connection broke (ECONNRESET): Python is gone either way */
+		s->peer_gone = 1;
+		return;
+	}
+
+	while (!s->done) {
+		struct wire_frame f;
+		cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
+		too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
+		enum wire_status st = chan_frame(&s->ch, cap, &f);
+		if (st == WIRE_SHORT)
+			break;
+		if (st == WIRE_TOO_BIG) {
+			fail(s, too_big, EMSGSIZE);
+			return;
+		}
+		if (st == WIRE_MALFORMED) {
+			if (s->phase == PH_REQUEST) {
+				fail(s, "malformed_request", EINVAL);
+				return;
+			}
+			/* length 0 or 1: still delimited, so skip it and stay in sync */
+			size_t total = WIRE_HDR + wire_get_u32(s->ch.buf);
+			if (s->ch.len < total)
+				break;
+			notice(s, "malformed_command", EINVAL);
+			chan_consume(&s->ch, total);
+			continue;
+		}
+		if (s->phase == PH_REQUEST) {
+			on_request(s, &f);
+			chan_consume(&s->ch, f.total);
+			chan_shrink(&s->ch);
+		} else {
+			on_command(s, &f);
+			chan_consume(&s->ch, f.total);
+		}
+	}
+	/* commands take no fds; a command that brought some gets them closed */
+	if (s->ch.truncated && s->phase != PH_REQUEST && !s->done) {
+		notice(s, "malformed_command", EINVAL);
+		s->ch.truncated = 0;
+	}
+	if (s->phase != PH_REQUEST)
+		chan_close_fds(&s->ch);
+}
+
+/* ---- orphan policy ---- */
+
+static void orphan(struct session *s)
+{
+	s->done = 1;
+	if (s->phase == PH_REQUEST)
+		return;
+	if (s->phase != PH_RUNNING) {
+		child_discard(&s->child);
+		return;
+	}
+	if (!s->req.orphan_linger) {
+		if (pidfd_send_signal(s->child.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
+			diag("orphan SIGTERM", errno);
+		uint64_t ms = s->req.orphan_grace_ms;
+		struct pollfd p = { .fd = s->child.pidfd, .events = POLLIN };
+		int r;
+		while ((r = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms)) < 0 && errno == EINTR)
+			;
+		if (r < 0)
+			diag("orphan poll", errno);
+		if (r <= 0)
+			child_kill(&s->child);
+	}
+	child_reap(&s->child);
+}
+
+int agent_main(int ctl_fd)
+{
+	struct session s;
+
+	memset(&s, 0, sizeof(s));
+	chan_init(&s.ch, ctl_fd);
+	s.child = (struct child)CHILD_NONE;
+	/* a dead child's release pipe must be an EPIPE, not a signal */
+	signal(SIGPIPE, SIG_IGN);
+
+	while (!s.done) {
+		if (s.peer_gone) {
+			orphan(&s);
+			break;
+		}
+		struct pollfd p[3];
+		int n = 0, ich, irep = -1, ipid = -1;
+		ich = n;
+		p[n++] = (struct pollfd){ .fd = s.ch.fd, .events = POLLIN };
+		if (s.child.report_rd >= 0 && s.phase != PH_RUNNING) {
+			irep = n;
+			p[n++] = (struct pollfd){ .fd = s.child.report_rd, .events = POLLIN };
+		}
+		if (s.phase == PH_RUNNING) {
+			ipid = n;
+			p[n++] = (struct pollfd){ .fd = s.child.pidfd, .events = POLLIN };
+		}
+		if (poll(p, (nfds_t)n, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			fail(&s, "poll", errno);
+			break;
+		}
+		/* report pipe before the exit: it closes before the child is a zombie */
+		if (irep >= 0 && p[irep].revents)
+			on_report(&s);
+		if (!s.done && ipid >= 0 && p[ipid].revents)
+			on_exit_ready(&s);
+		if (!s.done && p[ich].revents)
+			on_channel(&s);
+	}
+
+	child_discard(&s.child);
+	close_passed(&s);
+	request_free(&s.req);
+	chan_free(&s.ch);
+	free(s.sigs);
+	return 0;
+}

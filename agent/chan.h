@@ -1,0 +1,43 @@
+/* chan: the I/O half of a Python-facing channel (fd 3): accumulates bytes and SCM_RIGHTS
+ * fds from recvmsg, hands out whole frames via wire.c, and sends frames. Must never
+ * interpret a frame (that is request.c's job) nor block on receive. */
+#ifndef LINX_CHAN_H
+#define LINX_CHAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire.h"
+
+#define CHAN_MAX_FDS 1024u
+
+struct chan {
+	int fd;
+	uint8_t *buf;
+	size_t len, cap;
+	int *fds;		/* FIFO of received fds, oldest first */
+	size_t nfds, fdcap;
+	int truncated;		/* MSG_CTRUNC seen (or FIFO overflow): fds were lost */
+};
+
+void chan_init(struct chan *c, int fd);
+void chan_free(struct chan *c);
+
+/* One recvmsg(MSG_DONTWAIT). The buffer grows to hold the frame being read, never past
+ * frame_cap: a prefix above the cap is caught by chan_frame before any more is read.
+ * Returns bytes read, 0 at EOF, or -errno (-EAGAIN: nothing to read). */
+long chan_fill(struct chan *c, uint32_t frame_cap);
+
+enum wire_status chan_frame(struct chan *c, uint32_t cap, struct wire_frame *f);
+void chan_consume(struct chan *c, size_t n);
+/* Gives back memory after a large frame. */
+void chan_shrink(struct chan *c);
+
+/* The oldest received fd, or -1. */
+int chan_take_fd(struct chan *c);
+void chan_close_fds(struct chan *c);
+
+/* Sends one frame (blocking, MSG_NOSIGNAL). Returns 0 or an errno. */
+int chan_send(int fd, const struct wire_out *o);
+
+#endif

@@ -1,0 +1,186 @@
+/* child: the code that runs in the cloned child between clone and execve: checkpoint,
+ * then one ordered table of pre-exec steps. Must never allocate, use stdio, or return:
+ * everything it needs is prepared by spawn.c before clone, and every way out is execve
+ * or _exit. */
+#define _GNU_SOURCE
+#include "child.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "report.h"
+#include "util.h"
+
+/* The agent dies -> we get SIGKILL. The kernel forgets this on any change of euid/egid,
+ * so it is armed again after the id steps. The second half closes the race where the
+ * agent died before prctl: the agent holds the report pipe's read end until it exits,
+ * and poll on a write end with no reader says POLLERR. */
+static int arm_pdeathsig(const struct child_plan *p)
+{
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+		return errno;
+	struct pollfd pfd = { .fd = p->report_wr, .events = POLLOUT };
+	if (poll(&pfd, 1, 0) < 0)
+		return errno;
+	if (pfd.revents & POLLERR)
+		_exit(0);
+	/* cheap extra; in a new pid namespace getppid() is 0, so only outside one */
+	if (!(p->req->namespaces & CLONE_NEWPID) && getppid() != p->agent_pid)
+		_exit(0);
+	return 0;
+}
+
+static int step_stdio(const struct child_plan *p)
+{
+	/* every source is >= 3 (the agent keeps 0/1/2 open), so no dup2 clobbers another */
+	for (int t = 0; t < 3; t++)
+		if (p->stdio_src[t] >= 0 && dup2(p->stdio_src[t], t) < 0)
+			return errno;
+	for (int t = 0; t < 3; t++) {
+		if (p->stdio_close[t]) {
+			close(t);
+			continue;
+		}
+		int fl = fcntl(t, F_GETFD);
+		if (fl < 0)
+			return errno;
+		if ((fl & FD_CLOEXEC) && fcntl(t, F_SETFD, fl & ~FD_CLOEXEC) < 0)
+			return errno;
+	}
+	return 0;
+}
+
+static int step_chdir(const struct child_plan *p)
+{
+	if (p->req->cwd && chdir(p->req->cwd) < 0)
+		return errno;
+	return 0;
+}
+
+/* Raw syscalls for the id changes: glibc's wrappers broadcast to all threads through its
+ * own bookkeeping, which a raw clone child does not have in a consistent state. */
+static int step_setgroups(const struct child_plan *p)
+{
+	if (p->req->has_groups && syscall(SYS_setgroups, p->req->ngroups, p->req->groups) < 0)
+		return errno;
+	return 0;
+}
+
+static int step_setgid(const struct child_plan *p)
+{
+	gid_t g = p->req->gid;
+
+	if (p->req->has_gid && syscall(SYS_setresgid, g, g, g) < 0)
+		return errno;
+	return 0;
+}
+
+static int step_setuid(const struct child_plan *p)
+{
+	uid_t u = p->req->uid;
+
+	if (p->req->has_uid && syscall(SYS_setresuid, u, u, u) < 0)
+		return errno;
+	return 0;
+}
+
+static int step_no_new_privs(const struct child_plan *p)
+{
+	if (p->req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return errno;
+	return 0;
+}
+
+/* Ignored signals and the mask survive execve; the workload starts clean. */
+static int step_signals(const struct child_plan *p)
+{
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigset_t none;
+
+	(void)p;
+	for (int s = 1; s < NSIG; s++) {
+		if (s == SIGKILL || s == SIGSTOP)
+			continue;
+		/* EINVAL: a signal reserved by libc; it has no disposition of ours to undo */
+		if (sigaction(s, &dfl, NULL) < 0 && errno != EINVAL)
+			return errno;
+	}
+	sigemptyset(&none);
+	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0)
+		return errno;
+	return 0;
+}
+
+/* CLOEXEC rather than close: the report pipe must stay open up to execve itself. */
+static int step_close_fds(const struct child_plan *p)
+{
+	(void)p;
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+		return errno;
+	return 0;
+}
+
+/* The pre-exec steps, in order. A new step is one function and one row; the stage is what
+ * Python sees in ERROR(stage, errno). */
+static const struct {
+	const char *stage;
+	int (*run)(const struct child_plan *p);
+} steps[] = {
+	{ "stdio", step_stdio },
+	{ "chdir", step_chdir },
+	{ "setgroups", step_setgroups },
+	{ "setgid", step_setgid },
+	{ "setuid", step_setuid },
+	{ "pdeathsig", arm_pdeathsig },
+	/* capabilities go here: cap_drop_bounding, cap_set_thread, cap_set_ambient */
+	{ "no_new_privs", step_no_new_privs },
+	/* seccomp_install goes here: the last thing installed before execve */
+	{ "sigprocmask", step_signals },
+	{ "close_range", step_close_fds },
+};
+
+static _Noreturn void die(const struct child_plan *p, const char *stage, int err)
+{
+	report_error(p->report_wr, stage, err);
+	_exit(127);
+}
+
+_Noreturn void child_main(const struct child_plan *p)
+{
+	const struct spawn_req *r = p->req;
+	int err;
+
+	if ((err = arm_pdeathsig(p)))
+		die(p, "pdeathsig", err);
+	for (int i = 0; i < 4; i++)
+		if (p->close_fds[i] >= 0)
+			close(p->close_fds[i]);
+
+	if (r->hostname && sethostname(r->hostname, r->hostname_len) < 0)
+		die(p, "sethostname", errno);
+
+	/* the checkpoint: one byte releases us; EOF means abort, or the agent is gone */
+	if (report_ready(p->report_wr, (int32_t)getpid()))
+		_exit(127);
+	char go;
+	if (read_some(p->release_rd, &go, 1) != 1)
+		_exit(0);
+	close(p->release_rd);
+
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
+		if ((err = steps[i].run(p)))
+			die(p, steps[i].stage, err);
+
+	/* 'E' then EOF (the pipe is CLOEXEC) tells the agent execve worked */
+	if ((err = report_exec(p->report_wr)))
+		_exit(127);
+	execve(r->argv[0], r->argv, r->envp);
+	die(p, "execve", errno);
+}

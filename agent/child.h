@@ -1,0 +1,25 @@
+/* child: the code that runs in the cloned child between clone and execve: checkpoint,
+ * then one ordered table of pre-exec steps. Must never allocate, use stdio, or return:
+ * everything it needs is prepared by spawn.c before clone, and every way out is execve
+ * or _exit. */
+#ifndef LINX_CHILD_H
+#define LINX_CHILD_H
+
+#include <sys/types.h>
+
+#include "request.h"
+
+/* Everything the child needs, filled in by the agent before clone. */
+struct child_plan {
+	const struct spawn_req *req;
+	int stdio_src[3];	/* fd to dup2 onto 0/1/2, or -1 */
+	int stdio_close[3];	/* close 0/1/2 */
+	int report_wr;		/* child's end of the report pipe */
+	int release_rd;		/* child's end of the release pipe */
+	int close_fds[4];	/* the agent's fds the child must not keep (-1: none) */
+	pid_t agent_pid;
+};
+
+_Noreturn void child_main(const struct child_plan *p);
+
+#endif

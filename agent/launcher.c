@@ -1,0 +1,230 @@
+/* launcher: the long-lived per-Python-process forker: START_AGENT -> fork an agent with
+ * the session socket on fd 3; reap agents and report AGENT_EXITED. Must never keep
+ * session state beyond pid -> token, nor tie an agent's life to its own. */
+#define _GNU_SOURCE
+#include "launcher.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "chan.h"
+#include "request.h"
+#include "util.h"
+#include "wire.h"
+
+struct agent_rec {
+	pid_t pid;
+	uint64_t token;
+};
+
+struct launcher {
+	struct chan ch;
+	int sfd;
+	struct agent_rec *agents;
+	size_t nagents, cap;
+};
+
+/* Python is gone or broke the protocol: we go, the agents stay. */
+static _Noreturn void quit(struct launcher *l)
+{
+	chan_free(&l->ch);
+	free(l->agents);
+	exit(0);
+}
+
+static void send_or_quit(struct launcher *l, struct wire_out *o)
+{
+	if (wire_end(o) < 0) {
+		diag("encode", EOVERFLOW);
+		return;
+	}
+	int err = chan_send(l->ch.fd, o);
+	if (err) {
+		if (err != EPIPE && err != ECONNRESET)
+			diag("send", err);
+		quit(l);
+	}
+}
+
+static void launch_failed(struct launcher *l, uint64_t token, const char *stage, int err)
+{
+	struct wire_out o;
+
+	wire_begin(&o, MSG_LAUNCH_FAILED);
+	wire_put_u64(&o, 1, token);
+	wire_put_bytes(&o, 2, stage, strlen(stage));
+	wire_put_u32(&o, 3, (uint32_t)err);
+	send_or_quit(l, &o);
+}
+
+static _Noreturn void become_agent(struct launcher *l, int session_fd)
+{
+	sigset_t none;
+
+	/* what we inherit from the launcher is not the agent's business */
+	close(l->sfd);
+	free(l->agents);
+	chan_free(&l->ch);
+	sigemptyset(&none);
+	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0) {
+		diag("sigprocmask", errno);
+		_exit(1);
+	}
+	/* dup2 onto 3 replaces the launcher socket and drops CLOEXEC */
+	if (dup2(session_fd, 3) < 0) {
+		diag("dup2", errno);
+		_exit(1);
+	}
+	if (close_range(4, ~0U, 0) < 0) {
+		diag("close_range", errno);
+		_exit(1);
+	}
+	exit(agent_main(3));
+}
+
+static void start_agent(struct launcher *l, uint64_t token, int session_fd)
+{
+	/* grow first: after fork there must be room to remember it */
+	if (l->nagents == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 16;
+		struct agent_rec *na = realloc(l->agents, ncap * sizeof(*na));
+		if (!na) {
+			close(session_fd);
+			launch_failed(l, token, "fork", ENOMEM);
+			return;
+		}
+		l->agents = na;
+		l->cap = ncap;
+	}
+	pid_t pid = fork();
+	if (pid == 0)
+		become_agent(l, session_fd);
+	int err = errno;
+	close(session_fd);
+	if (pid < 0) {
+		launch_failed(l, token, "fork", err);
+		return;
+	}
+	l->agents[l->nagents++] = (struct agent_rec){ pid, token };
+}
+
+static void reap_agents(struct launcher *l)
+{
+	struct signalfd_siginfo si;
+
+	/* drain: one read may stand for many exits, so the waitpid loop does the counting */
+	while (read(l->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		;
+	for (;;) {
+		int st;
+		pid_t pid = waitpid(-1, &st, WNOHANG);
+		if (pid == 0)
+			return;
+		if (pid < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != ECHILD)
+				diag("waitpid", errno);
+			return;
+		}
+		for (size_t i = 0; i < l->nagents; i++) {
+			if (l->agents[i].pid != pid)
+				continue;
+			struct wire_out o;
+			wire_begin(&o, MSG_AGENT_EXITED);
+			wire_put_u64(&o, 1, l->agents[i].token);
+			if (WIFSIGNALED(st))
+				wire_put_u32(&o, 3, (uint32_t)WTERMSIG(st));
+			else
+				wire_put_u32(&o, 2, (uint32_t)WEXITSTATUS(st));
+			l->agents[i] = l->agents[--l->nagents];
+			send_or_quit(l, &o);
+			break;
+		}
+	}
+}
+
+static void on_channel(struct launcher *l)
+{
+	long n = chan_fill(&l->ch, WIRE_CAP_LAUNCHER);
+
+	if (n == -EAGAIN)
+		return;
+	if (n <= 0)
+		quit(l);
+	for (;;) {
+		struct wire_frame f;
+		uint64_t token;
+		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
+		if (st == WIRE_SHORT)
+			return;
+		if (st != WIRE_OK || f.type != MSG_START_AGENT ||
+		    request_decode_start_agent(&f, &token))
+			quit(l);
+		int fd = chan_take_fd(&l->ch);
+		if (fd >= 0) {
+			start_agent(l, token, fd);
+		} else if (l->ch.truncated) {
+			/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
+			l->ch.truncated = 0;
+			launch_failed(l, token, "recvmsg", EMFILE);
+		} else {
+			quit(l);
+		}
+		chan_consume(&l->ch, f.total);
+	}
+}
+
+int launcher_main(int ctl_fd)
+{
+	struct launcher l;
+	sigset_t chld;
+
+	memset(&l, 0, sizeof(l));
+	chan_init(&l.ch, ctl_fd);
+	l.sfd = -1;
+	/* the Python parent may have leaked inheritable fds to us */
+	if (close_range((unsigned)ctl_fd + 1, ~0U, 0) < 0)
+		diag("close_range", errno);
+	/* a Ctrl-C on the terminal is for the Python program, not for us or the agents (which
+	 * inherit this); the workload resets every disposition before execve */
+	signal(SIGINT, SIG_IGN);
+	signal(SIGQUIT, SIG_IGN);
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) {
+		diag("sigprocmask", errno);
+		return 1;
+	}
+	l.sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+	if (l.sfd < 0) {
+		diag("signalfd", errno);
+		return 1;
+	}
+
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = l.ch.fd, .events = POLLIN },
+			{ .fd = l.sfd, .events = POLLIN },
+		};
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			diag("poll", errno);
+			quit(&l);
+		}
+		if (p[1].revents)
+			reap_agents(&l);
+		if (p[0].revents)
+			on_channel(&l);
+	}
+}

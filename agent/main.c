@@ -1,0 +1,48 @@
+/* main: linx-agent's entry: checks the process it was started in and dispatches to the
+ * launcher or a single agent. Must never do protocol work itself. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "launcher.h"
+#include "util.h"
+
+#define CTL_FD 3
+
+static int usage(void)
+{
+	static const char msg[] =
+		"usage: linx-agent --launcher | --agent\n"
+		"  fd 3 is the control socket (docs/protocol.md); not for interactive use\n";
+	(void)!write(2, msg, sizeof(msg) - 1);
+	return 2;
+}
+
+int main(int argc, char **argv)
+{
+	struct stat st;
+	int err;
+
+	if (argc != 2)
+		return usage();
+	if ((err = ensure_std_fds())) {
+		diag("stdio", err);
+		return 1;
+	}
+	if (fstat(CTL_FD, &st) < 0) {
+		diag("fd 3", errno);
+		return 2;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		diag("fd 3", ENOTSOCK);
+		return 2;
+	}
+	if (strcmp(argv[1], "--launcher") == 0)
+		return launcher_main(CTL_FD);
+	if (strcmp(argv[1], "--agent") == 0)
+		return agent_main(CTL_FD);
+	return usage();
+}

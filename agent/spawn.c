@@ -1,0 +1,238 @@
+/* spawn: the agent's side of making and handling its one child: host-side stdio, pipes,
+ * clone3 (or its fallback), the uid/gid maps written from outside, kill and reap. Must
+ * never talk to Python (agent.c does) nor run code meant for the child (child.c). */
+#define _GNU_SOURCE
+#include "spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "child.h"
+
+static int connect_unix(const struct stdio_spec *s, int *out, struct fail *f)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	if (s->path_len >= sizeof(sa.sun_path))
+		return fail_set(f, "connect_unix", ENAMETOOLONG);
+	memcpy(sa.sun_path, s->path, s->path_len);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return fail_set(f, "connect_unix", errno);
+	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + s->path_len + 1);
+	while (connect(fd, (struct sockaddr *)&sa, len) < 0) {
+		if (errno == EINTR)
+			continue;
+		int err = errno;
+		close(fd);
+		return fail_set(f, "connect_unix", err);
+	}
+	*out = fd;
+	return 0;
+}
+
+/* Host side of the stdio directives: connects and /dev/null are opened here, before any
+ * namespace is entered (a pivoted root may have no /dev/null). owned[] gets what we
+ * opened, for the caller to close once the child has its copies. */
+static int prepare_stdio(const struct spawn_req *req, const int *passed,
+			 struct child_plan *plan, int owned[3], struct fail *f)
+{
+	for (int t = 0; t < 3; t++) {
+		const struct stdio_spec *s = &req->stdio[t];
+		plan->stdio_src[t] = -1;
+		plan->stdio_close[t] = 0;
+		switch (s->kind) {
+		case STDIO_FD:
+			plan->stdio_src[t] = passed[s->fd_index];
+			break;
+		case STDIO_DEVNULL:
+			owned[t] = open("/dev/null", O_RDWR | O_CLOEXEC);
+			if (owned[t] < 0)
+				return fail_set(f, "stdio", errno);
+			plan->stdio_src[t] = owned[t];
+			break;
+		case STDIO_CONNECT_UNIX:
+			if (connect_unix(s, &owned[t], f))
+				return -1;
+			plan->stdio_src[t] = owned[t];
+			break;
+		case STDIO_CLOSED:
+			plan->stdio_close[t] = 1;
+			break;
+		default:
+			break;
+		}
+	}
+	return 0;
+}
+
+/* Test hook: LINX_AGENT_NO_CLONE3=1 takes the path older kernels take. */
+static int clone3_disabled(void)
+{
+	const char *v = getenv("LINX_AGENT_NO_CLONE3");
+	return v && strcmp(v, "1") == 0;
+}
+
+/* fork-like clone into the namespaces; 0 in the child, the pid in the agent (with *pidfd
+ * set), -1 with errno. */
+static pid_t clone_child(uint64_t ns, int *pidfd, const char **stage)
+{
+	*stage = "clone";
+	if (!clone3_disabled()) {
+		struct clone_args a;
+		memset(&a, 0, sizeof(a));
+		a.flags = CLONE_PIDFD | ns;
+		a.pidfd = (uint64_t)(uintptr_t)pidfd;
+		a.exit_signal = SIGCHLD;
+		long r = syscall(SYS_clone3, &a, sizeof(a));
+		if (r >= 0 || errno != ENOSYS)
+			return (pid_t)r;
+	}
+	/* CLONE_NEWTIME's bit is part of CSIGNAL in the legacy call; unsharing it here puts
+	 * only our children (the one we are about to make) in a new time namespace. */
+	if (ns & CLONE_NEWTIME) {
+		if (unshare(CLONE_NEWTIME) < 0)
+			return -1;
+		ns &= ~(uint64_t)CLONE_NEWTIME;
+	}
+	long r = syscall(SYS_clone, (unsigned long)ns | SIGCHLD, NULL, NULL, NULL, NULL);
+	if (r <= 0)
+		return (pid_t)r;
+	/* safe from pid reuse: it is our child and not reaped */
+	*pidfd = pidfd_open((pid_t)r, 0);
+	if (*pidfd < 0) {
+		int err = errno;
+		kill((pid_t)r, SIGKILL);
+		while (waitpid((pid_t)r, NULL, 0) < 0 && errno == EINTR)
+			;
+		*stage = "pidfd_open";
+		errno = err;
+		return -1;
+	}
+	return (pid_t)r;
+}
+
+int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
+		struct child *c, struct fail *f)
+{
+	struct child_plan plan;
+	int owned[3] = { -1, -1, -1 };
+	int report[2] = { -1, -1 }, release[2] = { -1, -1 };
+	int rc = -1;
+
+	memset(&plan, 0, sizeof(plan));
+	plan.req = req;
+	plan.agent_pid = getpid();
+	if (prepare_stdio(req, passed, &plan, owned, f))
+		goto out;
+	if (pipe2(report, O_CLOEXEC) < 0 || pipe2(release, O_CLOEXEC) < 0) {
+		fail_set(f, "pipe2", errno);
+		goto out;
+	}
+	plan.report_wr = report[1];
+	plan.release_rd = release[0];
+	plan.close_fds[0] = ctl_fd;
+	plan.close_fds[1] = report[0];
+	plan.close_fds[2] = release[1];
+	plan.close_fds[3] = -1;
+
+	int pidfd = -1;
+	const char *stage;
+	pid_t pid = clone_child(req->namespaces, &pidfd, &stage);
+	if (pid == 0)
+		child_main(&plan);
+	if (pid < 0) {
+		fail_set(f, stage, errno);
+		goto out;
+	}
+	c->pid = pid;
+	c->pidfd = pidfd;
+	c->report_rd = report[0];
+	c->release_wr = release[1];
+	report[0] = release[1] = -1;
+	rc = 0;
+out:
+	for (int i = 0; i < 2; i++) {
+		close_fd(&report[i]);
+		close_fd(&release[i]);
+	}
+	for (int t = 0; t < 3; t++)
+		close_fd(&owned[t]);
+	return rc;
+}
+
+static int write_proc(pid_t pid, const char *file, const char *data, size_t len,
+		      const char *stage, struct fail *f)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail_set(f, stage, errno);
+	/* these files take exactly one write */
+	ssize_t n = write(fd, data, len);
+	int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+	close(fd);
+	return err ? fail_set(f, stage, err) : 0;
+}
+
+int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f)
+{
+	if (req->setgroups &&
+	    write_proc(pid, "setgroups", req->setgroups, req->setgroups_len, "setgroups_file", f))
+		return -1;
+	if (req->uid_map && write_proc(pid, "uid_map", req->uid_map, req->uid_map_len, "uid_map", f))
+		return -1;
+	if (req->gid_map && write_proc(pid, "gid_map", req->gid_map, req->gid_map_len, "gid_map", f))
+		return -1;
+	return 0;
+}
+
+void child_kill(struct child *c)
+{
+	if (c->pid <= 0)
+		return;
+	/* ESRCH: already dead, nothing to do but reap */
+	if (pidfd_send_signal(c->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
+		diag("kill", errno);
+}
+
+int child_reap(struct child *c)
+{
+	int status = 0;
+
+	if (c->pid > 0) {
+		while (waitpid(c->pid, &status, 0) < 0) {
+			if (errno != EINTR) {
+				diag("waitpid", errno);
+				break;
+			}
+		}
+		c->pid = 0;
+	}
+	close_fd(&c->pidfd);
+	close_fd(&c->report_rd);
+	close_fd(&c->release_wr);
+	return status;
+}
+
+void child_discard(struct child *c)
+{
+	child_kill(c);
+	child_reap(c);
+}

@@ -1,0 +1,37 @@
+/* spawn: the agent's side of making and handling its one child: host-side stdio, pipes,
+ * clone3 (or its fallback), the uid/gid maps written from outside, kill and reap. Must
+ * never talk to Python (agent.c does) nor run code meant for the child (child.c). */
+#ifndef LINX_SPAWN_H
+#define LINX_SPAWN_H
+
+#include <sys/types.h>
+
+#include "request.h"
+#include "util.h"
+
+struct child {
+	pid_t pid;		/* 0: none, or reaped */
+	int pidfd;
+	int report_rd;		/* agent's end of the report pipe */
+	int release_wr;		/* agent's end of the release pipe */
+};
+
+#define CHILD_NONE { 0, -1, -1, -1 }
+
+/* Creates the child parked at the checkpoint. passed: the fds received with the request,
+ * which the caller still owns. ctl_fd: the control socket, which the child must not keep.
+ * Returns 0, or -1 with *f set and nothing left behind. */
+int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
+		struct child *c, struct fail *f);
+
+/* setgroups, uid_map, gid_map under /proc/<pid>/, as far as the request has them. */
+int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f);
+
+/* SIGKILL via the pidfd. */
+void child_kill(struct child *c);
+/* Waits for the child and closes our ends; returns its wait status. */
+int child_reap(struct child *c);
+/* Both, for every error path. */
+void child_discard(struct child *c);
+
+#endif

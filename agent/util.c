@@ -1,0 +1,81 @@
+/* util: tiny helpers shared by every mode (EINTR-safe I/O, std fd hygiene, last-resort
+ * diagnostics). Must never allocate: child.c calls these between clone and execve. */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+ssize_t read_some(int fd, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n = read(fd, buf, len);
+		if (n >= 0)
+			return n;
+		if (errno != EINTR)
+			return -errno;
+	}
+}
+
+int ensure_std_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		/* lowest free number is fd itself, since the ones below are open by now */
+		int nfd = open("/dev/null", O_RDWR);
+		if (nfd < 0)
+			return errno;
+		if (nfd != fd) {
+			close(nfd);
+			return EBADF;
+		}
+	}
+	return 0;
+}
+
+void diag(const char *stage, int err)
+{
+	char line[256];
+	const char *msg = strerror(err);
+	size_t n = 0;
+	const char *parts[] = { "linx-agent: ", stage, ": ", msg, "\n" };
+
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		size_t l = strlen(parts[i]);
+		if (l > sizeof(line) - n)
+			l = sizeof(line) - n;
+		memcpy(line + n, parts[i], l);
+		n += l;
+	}
+	(void)!write(2, line, n);
+}
+
+void close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		int saved = errno;
+		close(*fd);
+		errno = saved;
+		*fd = -1;
+	}
+}

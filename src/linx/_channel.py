@@ -1,0 +1,272 @@
+"""One session's channel to its agent: socket I/O around the state machine.
+
+Reads happen in the reactor thread; verbs write from the caller's thread under the channel
+lock (an unfinished write is completed by the reactor). Events are produced only in the
+reactor thread, so every owner sees them in order. The channel holds its `Session` weakly:
+dropping the last reference to a session ends it under its orphan policy.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import concurrent.futures
+import logging
+import select
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _wire
+from ._owners import Deliver, deliver_all
+from ._reactor import Reactor
+from ._state import Info, SessionState, Stage, exit_reason
+from .errors import NoProcess, ProcessError
+from .events import Event, Outcome
+
+log = logging.getLogger("linx")
+
+READ_SIZE = 1 << 18
+STATUS_GRACE = 2.0  # seconds to wait for the launcher's word on a vanished agent
+Result = Outcome | ProcessError
+
+
+class _Outgoing:
+    """One frame waiting to be written, and the fds that ride on its first byte."""
+
+    __slots__ = ("data", "fds", "on_sent")
+
+    def __init__(self, data: bytes, fds: list[int], on_sent: Callable[[], None] | None) -> None:
+        self.data = memoryview(data)
+        self.fds = fds
+        self.on_sent = on_sent
+
+
+class Channel:
+    """The live part of a session. All public methods are thread-safe."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        state: SessionState,
+        deliver: Deliver,
+        session: Any,
+        *,
+        linger: bool,
+    ) -> None:
+        self._reactor = reactor
+        self._lock = threading.Lock()
+        self.state = state
+        self._deliver = deliver
+        self._session_ref = weakref.ref(session)
+        self._linger = linger
+        self._reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
+        self._sock: socket.socket | None = None
+        self._out: collections.deque[_Outgoing] = collections.deque()
+        self._want_write = False
+        self.closed = False
+        self.exit_reason: object = None
+        self.launcher: object = None
+        self.outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
+        # Running futures cannot be cancelled, so no waiter can cancel the others' answer.
+        self.outcome.set_running_or_notify_cancel()
+
+    # --- start ---------------------------------------------------------------------------
+
+    def attach(self, sock: socket.socket, first: bytes, fds: list[int], done: Callable[[], None]) -> None:
+        """Take the Python end of the session socket and queue the request on it."""
+        sock.setblocking(False)
+        with self._lock:
+            self._sock = sock
+            self._out.append(_Outgoing(first, fds, done))
+            self._reactor.register(sock.fileno(), select.EPOLLIN, self._on_ready)
+            self._flush()
+
+    # --- verbs (any thread) ----------------------------------------------------------------
+
+    def send(self, make: Callable[[SessionState], _wire.Message | None]) -> None:
+        """Run a verb of the state machine under the lock and write what it returns."""
+        with self._lock:
+            if self.closed:
+                raise NoProcess("the session is closed")
+            message = make(self.state)
+            if message is not None:
+                self._queue(message)
+
+    def info(self) -> Info:
+        with self._lock:
+            if self.closed:
+                raise NoProcess("the session is closed")
+            return self.state.info()
+
+    def set_deliver(self, deliver: Deliver) -> None:
+        with self._lock:
+            if self.closed:
+                raise NoProcess("the session is closed")
+            self._deliver = deliver
+
+    def begin_close(self) -> bool:
+        """Start ending a live session (abort if parked, SIGKILL otherwise).
+
+        Returns False if it was already closed. Both commands are sent because the
+        agent may have proceeded on its own (`auto_proceed`) before the abort reaches it;
+        a buffered SIGKILL then fires at `Running`.
+        """
+        with self._lock:
+            if self.closed:
+                return False
+            if not self.state.terminal and self._sock is not None:
+                if self.state.stage is not Stage.RUNNING:
+                    self._queue(_wire.Abort())
+                self._queue(_wire.Signal(signum=9))
+            return True
+
+    def finish_close(self) -> None:
+        """Mark closed and release the socket (the reactor closes it)."""
+        with self._lock:
+            self.closed = True
+        self._reactor.call_soon(self._close_socket)
+
+    def abandon(self) -> None:
+        """The session object was dropped: close the channel; the agent's orphan policy acts."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self._reactor.call_soon(self._close_socket)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: this channel belongs to the parent. Takes no lock (see caller)."""
+        self._lock = threading.Lock()
+        self.closed = True
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- writing (lock held) -------------------------------------------------------------
+
+    def _queue(self, message: _wire.Message) -> None:
+        if self._sock is None:
+            return  # the agent is gone; the outcome is on its way
+        self._out.append(_Outgoing(_wire.encode(message), [], None))
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self._sock is not None
+        while self._out:
+            item = self._out[0]
+            rights = []
+            if item.fds:
+                rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", item.fds))]
+            try:
+                sent = self._sock.sendmsg([item.data], rights)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                # The agent is gone; what it said before going is still to be read.
+                self._drop_output()
+                return
+            if item.on_sent is not None:
+                item.on_sent()
+                item.on_sent = None
+            item.fds = []
+            item.data = item.data[sent:]
+            if not item.data:
+                self._out.popleft()
+        self._set_want_write(bool(self._out))
+
+    def _drop_output(self) -> None:
+        for item in self._out:
+            if item.on_sent is not None:
+                item.on_sent()
+        self._out.clear()
+        self._set_want_write(False)
+
+    def _set_want_write(self, want: bool) -> None:
+        if want != self._want_write and self._sock is not None:
+            self._want_write = want
+            mask = select.EPOLLIN | (select.EPOLLOUT if want else 0)
+            self._reactor.modify(self._sock.fileno(), mask)
+
+    # --- reactor thread --------------------------------------------------------------------
+
+    def _on_ready(self, events: int) -> None:
+        if events & select.EPOLLOUT:
+            with self._lock:
+                if self._sock is not None:
+                    self._flush()
+        if events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            self._read()
+
+    def _read(self) -> None:
+        with self._lock:
+            sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._on_eof()
+            return
+        try:
+            messages = self._reader.feed(data)
+        except _wire.WireError as exc:
+            log.error("linx: session channel broken: %s", exc)
+            self._emit(self.state.channel_broken)
+            self._close_socket()
+            return
+        for message in messages:
+            if isinstance(message, _wire.Notice):
+                log.debug("linx: agent notice: %s errno %d", message.stage, message.errno)
+            self._emit(lambda state, m=message: state.receive(m))  # type: ignore[misc]
+
+    def _on_eof(self) -> None:
+        self._close_socket()
+        self._emit(lambda state: state.channel_closed())
+        if not self.state.terminal:
+            launcher_alive = getattr(self.launcher, "alive", False)
+            if launcher_alive:
+                self._reactor.call_later(STATUS_GRACE, lambda: self.agent_exited(None))
+            else:
+                self.agent_exited(None)
+
+    def agent_exited(self, status: int | None) -> None:
+        """The launcher's report (reactor thread)."""
+        self._emit(lambda state: state.agent_exited(status))
+
+    def launch_failed(self, stage: str, code: int) -> None:
+        self._emit(lambda state: state.launch_failed(stage, code))
+        self._close_socket()
+
+    def _emit(self, step: Callable[[SessionState], list[Event]]) -> None:
+        with self._lock:
+            events = step(self.state)
+            deliver = self._deliver
+            result = self.state.result if events and self.state.terminal else None
+            if result is not None:
+                self.exit_reason = exit_reason(result)
+        if not events:
+            return
+        if self._session_ref() is None:
+            self.abandon()
+            return
+        deliver_all(deliver, events)
+        if result is not None:
+            self.outcome.set_result(result)
+            if not self._linger:
+                with self._lock:
+                    self.closed = True
+
+    def _close_socket(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            self._out.clear()
+        if sock is not None:
+            self._reactor.unregister(sock.fileno())
+            sock.close()

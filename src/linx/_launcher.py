@@ -1,0 +1,183 @@
+"""The link to this process's launcher: the small C program that forks one agent per session.
+
+It starts the launcher with `os.posix_spawn` (never `os.fork`: this process may have
+threads), asks it for agents, and relays what it reports about them. It learns of the
+launcher's death from the channel's EOF, never from `SIGCHLD`, so an application that reaps
+children with `waitpid(-1)` cannot confuse it. It holds no session state.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from . import _wire
+from ._reactor import Reactor
+
+log = logging.getLogger("linx")
+
+AGENT_ENV = "LINX_AGENT"
+SEND_TIMEOUT_MS = 10_000
+
+
+class LauncherGone(Exception):
+    """The launcher died; the caller should start a new one."""
+
+
+def agent_path() -> str:
+    """The `linx-agent` program: `$LINX_AGENT`, or the one installed in the package."""
+    override = os.environ.get(AGENT_ENV)
+    path = Path(override) if override else Path(__file__).parent / "_bin" / "linx-agent"
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(
+            f"linx: the agent program {str(path)!r} is missing or not executable; "
+            "reinstall linx (`pip install .`) on a machine with a C compiler"
+        )
+    return str(path)
+
+
+class Launcher:
+    """One running launcher process and its channel.
+
+    `on_exited(token, status)` and `on_failed(token, stage, errno)` run in the reactor thread;
+    `on_gone(launcher)` runs there once the channel ends.
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        on_exited: Callable[[int, int], None],
+        on_failed: Callable[[int, str, int], None],
+        on_gone: Callable[[Launcher], None],
+    ) -> None:
+        self._reactor = reactor
+        self._on_exited = on_exited
+        self._on_failed = on_failed
+        self._on_gone = on_gone
+        self._send_lock = threading.Lock()
+        self._reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
+        self.alive = True
+        self._sock, self.pid, self._pidfd = _start_process()
+        reactor.register(self._sock.fileno(), select.EPOLLIN, self._on_readable)
+        reactor.register(self._pidfd, select.EPOLLIN, self._on_process_exit)
+
+    def start_agent(self, token: int, session_fd: int) -> None:
+        """Ask for an agent serving `session_fd`. Raises `LauncherGone` if it is dead."""
+        frame = _wire.encode(_wire.StartAgent(token=token))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [session_fd]))]
+        with self._send_lock:
+            if not self.alive:
+                raise LauncherGone
+            try:
+                self._send_all(frame, rights)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+                raise LauncherGone from exc
+
+    def _send_all(self, frame: bytes, rights: list[tuple[int, int, array.array[int]]]) -> None:
+        view = memoryview(frame)
+        while view:
+            try:
+                sent = self._sock.sendmsg([view], rights)
+            except BlockingIOError:
+                _wait_writable(self._sock)
+                continue
+            view, rights = view[sent:], []
+
+    # --- reactor thread -----------------------------------------------------------------
+
+    def _on_readable(self, _events: int) -> None:
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone()
+            return
+        try:
+            messages = self._reader.feed(data)
+        except _wire.WireError:
+            log.error("linx: the launcher sent malformed data; starting a new one")
+            self._gone()
+            return
+        for message in messages:
+            self._dispatch(message)
+
+    def _dispatch(self, message: _wire.Message) -> None:
+        if isinstance(message, _wire.AgentExited):
+            if message.term_signal is not None:
+                self._on_exited(message.token, -message.term_signal)
+            else:
+                self._on_exited(message.token, message.exit_code or 0)
+        elif isinstance(message, _wire.LaunchFailed):
+            self._on_failed(message.token, message.stage.decode("ascii", "replace"), message.errno)
+
+    def _gone(self) -> None:
+        with self._send_lock:
+            if not self.alive:
+                return
+            self.alive = False
+            self._reactor.unregister(self._sock.fileno())
+            self._sock.close()
+        self._on_gone(self)
+
+    def _on_process_exit(self, _events: int) -> None:
+        self._reactor.unregister(self._pidfd)
+        try:
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        except ChildProcessError:
+            pass  # the application reaped it with its own waitpid(-1)
+        os.close(self._pidfd)
+        self._gone()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: drop this launcher (it is the parent's)."""
+        self.alive = False
+        self._sock.close()
+        os.close(self._pidfd)
+
+
+def _start_process() -> tuple[socket.socket, int, int]:
+    ours, pair_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Above fd 3, so the DUP2 below always makes a fresh, inheritable fd 3.
+    theirs = socket.socket(fileno=fcntl.fcntl(pair_end.fileno(), fcntl.F_DUPFD_CLOEXEC, 10))
+    pair_end.close()
+    try:
+        pid = os.posix_spawn(
+            agent_path(),
+            ["linx-agent", "--launcher"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+            ],
+            setsigmask=(),
+            setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
+        )
+    finally:
+        theirs.close()
+    ours.setblocking(False)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        ours.close()
+        raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
+    return ours, pid, pidfd
+
+
+def _wait_writable(sock: socket.socket) -> None:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    if not poller.poll(SEND_TIMEOUT_MS):
+        raise TimeoutError(errno.ETIMEDOUT, "linx: the launcher stopped reading")

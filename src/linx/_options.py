@@ -1,0 +1,356 @@
+"""Validation of `spawn()` options into a wire request, before any process exists.
+
+Every bad value raises `TypeError` (wrong kind) or `ValueError` (right kind, bad value)
+naming the option and the value. This module opens no process; the only kernel calls it
+makes are `fcntl` duplicates of the fds the caller hands over (and checks they are open),
+and `getcwd`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias
+
+from . import _wire
+
+__all__ = ["Namespace", "SpawnPlan", "plan_spawn"]
+
+
+class Namespace(enum.StrEnum):
+    """Namespace types, as `spawn(namespaces=...)` accepts them."""
+
+    NET = "net"
+    MOUNT = "mount"
+    PID = "pid"
+    UTS = "uts"
+    IPC = "ipc"
+    USER = "user"
+    CGROUP = "cgroup"
+    TIME = "time"
+
+
+# From <linux/sched.h>; os.CLONE_* lacks CLONE_NEWTIME on 3.11.
+CLONE_FLAGS: dict[Namespace, int] = {
+    Namespace.NET: 0x40000000,
+    Namespace.MOUNT: 0x00020000,
+    Namespace.PID: 0x20000000,
+    Namespace.UTS: 0x04000000,
+    Namespace.IPC: 0x08000000,
+    Namespace.USER: 0x10000000,
+    Namespace.CGROUP: 0x02000000,
+    Namespace.TIME: 0x00000080,
+}
+
+HOST_NAME_MAX = 64
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
+MAX_SIGNAL = 64
+StdioValue: TypeAlias = Any
+StdioSpec: TypeAlias = str | Mapping[str, StdioValue]
+_STDIO_NAMES = ("stdin", "stdout", "stderr")
+
+
+@dataclass
+class SpawnPlan:
+    """A validated request: the message to send and the fds that travel with it.
+
+    `fds` are linx's own duplicates; whoever holds the plan must close them
+    (`close_fds()`) once they are sent or the spawn is abandoned.
+    """
+
+    request: _wire.Spawn
+    fds: list[int] = field(default_factory=list)
+    auto_proceed: bool = False
+    linger: bool = True
+
+    def close_fds(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+# --- small validators ------------------------------------------------------------------
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+    return value
+
+
+def _os_bytes(name: str, value: object) -> bytes:
+    """A str/bytes/PathLike as bytes with no NUL."""
+    if not isinstance(value, str | bytes | os.PathLike):
+        raise TypeError(f"{name} must be str, bytes or a path, not {value!r}")
+    raw = os.fsencode(value)
+    if b"\0" in raw:
+        raise ValueError(f"{name} contains a NUL byte: {value!r}")
+    return raw
+
+
+def _id(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if not 0 <= value <= MAX_ID:
+        raise ValueError(f"{name} must be between 0 and {MAX_ID}, not {value!r}")
+    return value
+
+
+def validate_signal(signum: object) -> int:
+    """A signal number in 1..64 (a `signal.Signals` is an int)."""
+    if not isinstance(signum, int) or isinstance(signum, bool):
+        raise TypeError(f"signum must be an int, not {signum!r}")
+    if not 1 <= signum <= MAX_SIGNAL:
+        raise ValueError(f"signum must be between 1 and {MAX_SIGNAL}, not {signum!r}")
+    return int(signum)
+
+
+# --- options ---------------------------------------------------------------------------
+
+
+def _argv(argv: object) -> tuple[bytes, ...]:
+    if isinstance(argv, str | bytes) or not isinstance(argv, Sequence):
+        raise TypeError(f"argv must be a sequence of str or bytes, not {argv!r}")
+    if not argv:
+        raise ValueError("argv must not be empty")
+    items = tuple(_os_bytes(f"argv[{i}]", arg) for i, arg in enumerate(argv))
+    if not items[0].startswith(b"/"):
+        raise ValueError(f"argv[0] must be an absolute path (no $PATH lookup), not {argv[0]!r}")
+    return items
+
+
+def _namespaces(namespaces: object) -> frozenset[Namespace]:
+    if isinstance(namespaces, str | bytes) or not isinstance(namespaces, Iterable):
+        raise TypeError(f"namespaces must be a collection of names, not {namespaces!r}")
+    found = set()
+    for item in namespaces:
+        if not isinstance(item, str):
+            raise TypeError(f"namespaces: each entry must be a str, not {item!r}")
+        try:
+            found.add(Namespace(item.lower()))
+        except ValueError:
+            known = " ".join(n.value for n in Namespace)
+            raise ValueError(f"namespaces: unknown namespace {item!r} (known: {known})") from None
+    return frozenset(found)
+
+
+def _env(env: object) -> tuple[bytes, ...]:
+    if env is None:
+        return tuple(k + b"=" + v for k, v in os.environb.items())
+    if isinstance(env, Mapping):
+        pairs = [(_os_bytes("env key", k), _os_bytes(f"env[{k!r}]", v)) for k, v in env.items()]
+        for key, _ in pairs:
+            if not key or b"=" in key:
+                raise ValueError(f"env: a key must be non-empty and contain no '=': {key!r}")
+        return tuple(k + b"=" + v for k, v in pairs)
+    if isinstance(env, str | bytes) or not isinstance(env, Sequence):
+        raise TypeError(f"env must be a mapping or a sequence of 'KEY=VALUE', not {env!r}")
+    items = tuple(_os_bytes(f"env[{i}]", entry) for i, entry in enumerate(env))
+    for item in items:
+        if b"=" not in item[1:]:
+            raise ValueError(f"env entries must look like 'KEY=VALUE', not {item!r}")
+    return items
+
+
+def _cwd(cwd: object) -> bytes | None:
+    if cwd is not None:
+        return _os_bytes("cwd", cwd)
+    try:
+        return os.getcwdb()
+    except FileNotFoundError:
+        return None  # the caller's cwd was removed: leave the agent's
+
+
+def _orphan_policy(policy: object) -> tuple[int | None, int | None]:
+    """(orphan_grace_ms, orphan_linger) for the wire."""
+    if policy == "linger":
+        return None, 1
+    if policy == "kill":
+        return 5000, None
+    if isinstance(policy, tuple) and len(policy) == 2 and policy[0] == "kill":
+        grace = policy[1]
+        if not isinstance(grace, int | float) or isinstance(grace, bool):
+            raise TypeError(f"orphan_policy grace must be a number of seconds, not {grace!r}")
+        if not math.isfinite(grace) or grace < 0:
+            raise ValueError(f"orphan_policy grace must be finite and >= 0, not {grace!r}")
+        return round(grace * 1000), None
+    raise ValueError(f"orphan_policy must be 'linger' or ('kill', seconds), not {policy!r}")
+
+
+def _id_map(name: str, entries: object) -> bytes:
+    if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
+        raise TypeError(f"{name} must be a list of (inside, outside, count), not {entries!r}")
+    lines = []
+    for entry in entries:
+        if not isinstance(entry, tuple | list) or len(entry) != 3:
+            raise TypeError(f"{name}: each entry must be (inside, outside, count), not {entry!r}")
+        inside, outside, count = (_id(f"{name} entry {entry!r}", v) for v in entry)
+        if count < 1:
+            raise ValueError(f"{name}: count must be at least 1 in {entry!r}")
+        lines.append(f"{inside} {outside} {count}\n")
+    if not lines:
+        raise ValueError(f"{name} must not be empty")
+    if len(lines) > 340:
+        raise ValueError(f"{name} has {len(lines)} entries; the kernel allows 340")
+    return "".join(lines).encode()
+
+
+def _groups(groups: object) -> bytes:
+    if isinstance(groups, str | bytes) or not isinstance(groups, Iterable):
+        raise TypeError(f"groups must be a sequence of gids, not {groups!r}")
+    return b"".join(_id("groups entry", g).to_bytes(4, "little") for g in groups)
+
+
+def _owner(owner: object) -> None:
+    if owner is not None and not callable(getattr(owner, "put", None)) and not callable(owner):
+        raise TypeError(f"owner must have a put() method or be callable, not {owner!r}")
+
+
+def plan_spawn(
+    argv: object,
+    *,
+    namespaces: object = (),
+    env: object = None,
+    cwd: object = None,
+    stdio: object = "inherit",
+    owner: object = None,
+    linger: object = True,
+    auto_proceed: object = False,
+    no_new_privs: object = False,
+    orphan_policy: object = ("kill", 5.0),
+    hostname: object = None,
+    uid_map: object = None,
+    gid_map: object = None,
+    setgroups: object = "deny",
+    uid: object = None,
+    gid: object = None,
+    groups: object = None,
+) -> SpawnPlan:
+    """Check every option; return the request. Raises before touching any fd on bad input."""
+    args = _argv(argv)
+    spaces = _namespaces(namespaces)
+    environment = _env(env)
+    _owner(owner)
+    keep_alive = _bool("linger", linger)
+    proceed = _bool("auto_proceed", auto_proceed)
+    nnp = _bool("no_new_privs", no_new_privs)
+    grace_ms, lingers = _orphan_policy(orphan_policy)
+    host = None
+    if hostname is not None:
+        host = _os_bytes("hostname", hostname)
+        if Namespace.UTS not in spaces:
+            raise ValueError(f"hostname={hostname!r} needs the 'uts' namespace")
+        if not 0 < len(host) <= HOST_NAME_MAX:
+            raise ValueError(f"hostname must be 1 to {HOST_NAME_MAX} bytes, not {hostname!r}")
+    uids = None if uid_map is None else _id_map("uid_map", uid_map)
+    gids = None if gid_map is None else _id_map("gid_map", gid_map)
+    if (uids or gids) and Namespace.USER not in spaces:
+        raise ValueError("uid_map/gid_map need the 'user' namespace")
+    if setgroups not in ("deny", "allow"):
+        raise ValueError(f"setgroups must be 'deny' or 'allow', not {setgroups!r}")
+    stdio_plan = _check_stdio(stdio)
+    request = _wire.Spawn(
+        version=_wire.VERSION,
+        argv=args,
+        env=environment,
+        cwd=_cwd(cwd),
+        namespaces=sum(CLONE_FLAGS[n] for n in spaces) or None,
+        hostname=host,
+        uid_map=uids,
+        gid_map=gids,
+        setgroups=str(setgroups).encode() if gids is not None else None,
+        uid=None if uid is None else _id("uid", uid),
+        gid=None if gid is None else _id("gid", gid),
+        groups=None if groups is None else _groups(groups),
+        auto_proceed=1 if proceed else None,
+        no_new_privs=1 if nnp else None,
+        orphan_grace_ms=grace_ms,
+        orphan_linger=lingers,
+    )
+    plan = SpawnPlan(request, auto_proceed=proceed, linger=keep_alive)
+    _apply_stdio(plan, stdio_plan)
+    return plan
+
+
+# --- stdio ---------------------------------------------------------------------------------
+
+
+def _check_stdio(stdio: object) -> dict[str, StdioValue]:
+    """Per-fd directives, checked for shape; nothing opened yet."""
+    if isinstance(stdio, str):
+        if stdio == "pty":
+            raise ValueError("stdio='pty' is not available in this version of linx")
+        if stdio not in ("inherit", "devnull"):
+            raise ValueError(f"stdio must be 'inherit', 'devnull' or a dict, not {stdio!r}")
+        return dict.fromkeys(_STDIO_NAMES, stdio)
+    if not isinstance(stdio, Mapping):
+        raise TypeError(f"stdio must be a str or a dict, not {stdio!r}")
+    unknown = set(stdio) - set(_STDIO_NAMES)
+    if unknown:
+        raise ValueError(f"stdio: unknown keys {sorted(map(repr, unknown))}; use stdin/stdout/stderr")
+    plan = {name: stdio.get(name, "inherit") for name in _STDIO_NAMES}
+    for name, value in plan.items():
+        _check_stdio_value(name, value)
+    return plan
+
+
+def _check_stdio_value(name: str, value: StdioValue) -> None:
+    if value in ("inherit", "devnull"):
+        return
+    if isinstance(value, tuple):
+        if len(value) != 2 or value[0] != "connect_unix":
+            raise ValueError(f"stdio[{name!r}]: expected ('connect_unix', path), not {value!r}")
+        _os_bytes(f"stdio[{name!r}] path", value[1])
+        return
+    if isinstance(value, str):
+        raise ValueError(f"stdio[{name!r}] must be 'inherit', 'devnull', a tuple or an fd: {value!r}")
+    fd = _fileno(name, value)
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
+
+
+def _fileno(name: str, value: StdioValue) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"stdio[{name!r}] must not be a bool: {value!r}")
+    if isinstance(value, int):
+        fd = value
+    elif callable(getattr(value, "fileno", None)):
+        fd = value.fileno()
+    else:
+        raise TypeError(f"stdio[{name!r}]: {value!r} is not a directive, an fd or a file")
+    if not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"stdio[{name!r}]: invalid file descriptor {fd!r}")
+    return fd
+
+
+def _apply_stdio(plan: SpawnPlan, stdio: dict[str, StdioValue]) -> None:
+    """Turn directives into wire values, duplicating fds so the caller may close theirs."""
+    values: dict[str, bytes] = {}
+    try:
+        for target, (name, value) in enumerate(stdio.items()):
+            values[name] = _stdio_directive(plan, target, name, value)
+    except BaseException:
+        plan.close_fds()
+        raise
+    plan.request = replace(plan.request, **values)
+
+
+def _stdio_directive(plan: SpawnPlan, target: int, name: str, value: StdioValue) -> bytes:
+    if value == "devnull":
+        return _wire.stdio_devnull()
+    if isinstance(value, tuple):
+        return _wire.stdio_connect_unix(os.fsencode(value[1]))
+    fd = target if value == "inherit" else _fileno(name, value)
+    try:
+        copy = os.dup(fd)  # os.dup is close-on-exec
+    except OSError:
+        if value == "inherit":
+            return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's
+        raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
+    plan.fds.append(copy)
+    return _wire.stdio_fd(len(plan.fds) - 1)

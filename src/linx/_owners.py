@@ -1,0 +1,58 @@
+"""Delivery of events to owners: a queue (`put`), an `asyncio.Queue`, or a callable.
+
+Owners are called from the reactor thread and must not block. An `asyncio.Queue` is fed on
+its own loop with `call_soon_threadsafe`, so it is safe from any thread. A failing owner is
+logged, never allowed to stop the reactor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .events import Event
+
+log = logging.getLogger("linx")
+
+Deliver = Callable[[Event], None]
+
+
+def make_deliver(owner: Any) -> Deliver:
+    """A function that hands one event to `owner`. Call it where the owner's loop runs."""
+    if isinstance(owner, asyncio.Queue):
+        return _asyncio_queue_deliver(owner)
+    put = getattr(owner, "put", None)
+    if callable(put):
+        return put  # type: ignore[no-any-return]
+    if callable(owner):
+        return owner  # type: ignore[no-any-return]
+    raise TypeError(f"owner must have a put() method or be callable, not {owner!r}")
+
+
+def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
+    loop = getattr(queue, "_loop", None)
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ValueError(
+                "an asyncio.Queue owner must be given from inside its running event loop"
+            ) from None
+
+    def deliver(event: Event) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+        except RuntimeError:
+            log.debug("linx: dropped %r, the owner's event loop is closed", event)
+
+    return deliver
+
+
+def deliver_all(deliver: Deliver, events: list[Event]) -> None:
+    for event in events:
+        try:
+            deliver(event)
+        except Exception:
+            log.exception("linx: the owner failed to take %r", event)

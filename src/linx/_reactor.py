@@ -1,0 +1,137 @@
+"""The one I/O loop that drives every session of this Python process.
+
+One daemon thread around `epoll`. It reads and writes the session and launcher channels and
+runs timers; it never blocks on anything but `epoll_wait`, and never calls into user code
+except through owners (which must not block). Other threads hand it work with
+`call_soon`; they may register a new fd directly (epoll is thread-safe), but only the
+reactor thread unregisters and closes, so an fd number is never reused under a pending
+event it does not belong to.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("linx")
+
+Handler = Callable[[int], None]
+
+
+class Reactor:
+    """An epoll loop in a daemon thread named `linx-reactor`."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._handlers: dict[int, Handler] = {}
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="linx-reactor", daemon=True)
+        self._thread.start()
+
+    # --- any thread ------------------------------------------------------------------
+
+    def register(self, fd: int, mask: int, handler: Handler) -> None:
+        """Watch `fd`; `handler(events)` runs in the reactor thread (spurious wakes happen)."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._epoll.modify(fd, mask)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        self._calls.append(fn)
+        self._wake()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
+        self._wake()
+
+    def in_reactor_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _wake(self) -> None:
+        if not self.in_reactor_thread():
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except BlockingIOError:
+                pass  # the counter is saturated: a wake-up is pending anyway
+
+    # --- reactor thread only ---------------------------------------------------------
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching `fd` (the caller then closes it). Reactor thread only."""
+        if self._handlers.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                events = self._epoll.poll(self._next_timeout())
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return  # the epoll fd was closed after a fork or at shutdown
+            for fd, mask in events:
+                if fd == self._wake_fd:
+                    self._drain_wake()
+                    continue
+                handler = self._handlers.get(fd)
+                if handler is not None:
+                    self._guarded(handler, mask)
+            self._run_due_timers()
+            while self._calls:
+                self._guarded(self._calls.popleft())
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+
+    def _next_timeout(self) -> float:
+        if self._calls:
+            return 0
+        with self._lock:
+            if not self._timers:
+                return -1
+            return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+        for fn in due:
+            self._guarded(fn)
+
+    @staticmethod
+    def _guarded(fn: Callable[..., None], *args: int) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("linx reactor: a handler failed")
+
+    # --- after fork, in the child ------------------------------------------------------
+
+    def forget_in_child(self) -> None:
+        """Close the reactor's own fds in a forked child (whose copy has no thread).
+
+        The fds it watched belong to channels and the launcher; they close their own.
+        """
+        self._handlers.clear()
+        os.close(self._wake_fd)
+        self._epoll.close()

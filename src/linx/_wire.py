@@ -1,0 +1,357 @@
+"""Codec for the agent and launcher channels: bytes <-> messages (docs/protocol.md).
+
+Pure code: it never touches a socket, a file descriptor or a clock. Writing (`encode`) and
+parsing (`FrameReader`) are separate; both are driven by one schema per message, so a new
+field or message is one declaration. Malformed bytes raise `WireError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeAlias
+
+VERSION = 1
+
+MAX_REQUEST = 64 << 20  # first frame on a session channel (protocol.md, Limits)
+MAX_COMMAND = 1 << 20  # any later frame Python -> agent
+MAX_LAUNCHER_REQUEST = 4 << 10
+MAX_INBOUND = 16 << 20  # any frame agent/launcher -> Python
+
+_LEN = struct.Struct("<I")
+_HEAD = struct.Struct("<IH")  # length, type
+_FIELD = struct.Struct("<HI")  # tag, size
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class WireError(ValueError):
+    """Bytes that are not a valid frame or message of protocol version 1."""
+
+
+class Kind(enum.Enum):
+    U32 = "u32"
+    U64 = "u64"
+    BYTES = "bytes"
+
+
+@dataclass(frozen=True)
+class Field:
+    tag: int
+    kind: Kind
+    required: bool = False
+    repeated: bool = False
+
+
+def field_spec(tag: int, kind: Kind, *, required: bool = False, repeated: bool = False) -> Any:
+    """Declare a message attribute's wire field (stored in dataclass metadata)."""
+    from dataclasses import field as dc_field
+
+    spec = Field(tag, kind, required, repeated)
+    default: Any = () if repeated else None
+    return dc_field(default=default, metadata={"wire": spec})
+
+
+class Message:
+    """Base of every message; subclasses are frozen dataclasses with a `TYPE`."""
+
+    TYPE: ClassVar[int]
+
+
+# --- launcher channel -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartAgent(Message):
+    TYPE: ClassVar[int] = 0x0001
+    token: int = field_spec(1, Kind.U64, required=True)
+
+
+@dataclass(frozen=True)
+class AgentExited(Message):
+    TYPE: ClassVar[int] = 0x0081
+    token: int = field_spec(1, Kind.U64, required=True)
+    exit_code: int | None = field_spec(2, Kind.U32)
+    term_signal: int | None = field_spec(3, Kind.U32)
+
+
+@dataclass(frozen=True)
+class LaunchFailed(Message):
+    TYPE: ClassVar[int] = 0x0082
+    token: int = field_spec(1, Kind.U64, required=True)
+    stage: bytes = field_spec(2, Kind.BYTES, required=True)
+    errno: int = field_spec(3, Kind.U32, required=True)
+
+
+# --- session channel, Python -> agent -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn(Message):
+    TYPE: ClassVar[int] = 0x0001
+    version: int = field_spec(1, Kind.U32, required=True)
+    argv: tuple[bytes, ...] = field_spec(2, Kind.BYTES, repeated=True)
+    env: tuple[bytes, ...] = field_spec(3, Kind.BYTES, repeated=True)
+    cwd: bytes | None = field_spec(4, Kind.BYTES)
+    namespaces: int | None = field_spec(5, Kind.U64)
+    hostname: bytes | None = field_spec(6, Kind.BYTES)
+    uid_map: bytes | None = field_spec(7, Kind.BYTES)
+    gid_map: bytes | None = field_spec(8, Kind.BYTES)
+    setgroups: bytes | None = field_spec(9, Kind.BYTES)
+    uid: int | None = field_spec(10, Kind.U32)
+    gid: int | None = field_spec(11, Kind.U32)
+    groups: bytes | None = field_spec(12, Kind.BYTES)
+    stdin: bytes | None = field_spec(13, Kind.BYTES)
+    stdout: bytes | None = field_spec(14, Kind.BYTES)
+    stderr: bytes | None = field_spec(15, Kind.BYTES)
+    auto_proceed: int | None = field_spec(16, Kind.U32)
+    no_new_privs: int | None = field_spec(17, Kind.U32)
+    orphan_grace_ms: int | None = field_spec(18, Kind.U64)
+    orphan_linger: int | None = field_spec(19, Kind.U32)
+
+
+@dataclass(frozen=True)
+class Proceed(Message):
+    TYPE: ClassVar[int] = 0x0010
+
+
+@dataclass(frozen=True)
+class Abort(Message):
+    TYPE: ClassVar[int] = 0x0011
+
+
+@dataclass(frozen=True)
+class Signal(Message):
+    TYPE: ClassVar[int] = 0x0012
+    signum: int = field_spec(1, Kind.U32, required=True)
+
+
+# --- session channel, agent -> Python -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawned(Message):
+    TYPE: ClassVar[int] = 0x0081
+    host_pid: int = field_spec(1, Kind.U32, required=True)
+    agent_pid: int | None = field_spec(2, Kind.U32)
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    TYPE: ClassVar[int] = 0x0082
+    host_pid: int = field_spec(1, Kind.U32, required=True)
+    child_pid: int | None = field_spec(2, Kind.U32)
+
+
+@dataclass(frozen=True)
+class Running(Message):
+    TYPE: ClassVar[int] = 0x0083
+
+
+@dataclass(frozen=True)
+class Exited(Message):
+    TYPE: ClassVar[int] = 0x0084
+    code: int = field_spec(1, Kind.U32, required=True)
+
+
+@dataclass(frozen=True)
+class Signaled(Message):
+    TYPE: ClassVar[int] = 0x0085
+    signum: int = field_spec(1, Kind.U32, required=True)
+
+
+@dataclass(frozen=True)
+class Aborted(Message):
+    TYPE: ClassVar[int] = 0x0086
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    TYPE: ClassVar[int] = 0x0087
+    stage: bytes = field_spec(1, Kind.BYTES, required=True)
+    errno: int = field_spec(2, Kind.U32, required=True)
+
+
+@dataclass(frozen=True)
+class Notice(Message):
+    TYPE: ClassVar[int] = 0x0088
+    stage: bytes = field_spec(1, Kind.BYTES, required=True)
+    errno: int = field_spec(2, Kind.U32, required=True)
+
+
+AgentMessage: TypeAlias = Spawned | Ready | Running | Exited | Signaled | Aborted | Error | Notice
+TERMINAL_MESSAGES = (Exited, Signaled, Aborted, Error)
+
+LAUNCHER_REQUESTS: dict[int, type[Message]] = {StartAgent.TYPE: StartAgent}
+LAUNCHER_REPLIES: dict[int, type[Message]] = {m.TYPE: m for m in (AgentExited, LaunchFailed)}
+SESSION_REQUESTS: dict[int, type[Message]] = {m.TYPE: m for m in (Spawn, Proceed, Abort, Signal)}
+AGENT_MESSAGES: dict[int, type[Message]] = {
+    m.TYPE: m for m in (Spawned, Ready, Running, Exited, Signaled, Aborted, Error, Notice)
+}
+
+
+# --- stdio directives (the value of Spawn.stdin/stdout/stderr) -------------------------
+
+STDIO_FD, STDIO_DEVNULL, STDIO_CONNECT_UNIX, STDIO_CLOSED = 1, 2, 3, 4
+
+
+def stdio_fd(index: int) -> bytes:
+    """Directive: the `index`-th fd sent with the request goes onto the target fd."""
+    return bytes([STDIO_FD]) + _U32.pack(index)
+
+
+def stdio_devnull() -> bytes:
+    return bytes([STDIO_DEVNULL])
+
+
+def stdio_connect_unix(path: bytes) -> bytes:
+    return bytes([STDIO_CONNECT_UNIX]) + path
+
+
+def stdio_closed() -> bytes:
+    return bytes([STDIO_CLOSED])
+
+
+# --- writing --------------------------------------------------------------------------
+
+
+@functools.cache
+def _wire_fields(cls: type[Message]) -> tuple[tuple[str, Field], ...]:
+    found = ((f.name, f.metadata.get("wire")) for f in fields(cls))  # type: ignore[arg-type]
+    return tuple((name, spec) for name, spec in found if spec is not None)
+
+
+def _encode_value(name: str, kind: Kind, value: Any) -> bytes:
+    if kind is Kind.BYTES:
+        if not isinstance(value, bytes | bytearray):
+            raise WireError(f"field {name!r} needs bytes, got {value!r}")
+        return bytes(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise WireError(f"field {name!r} needs an int, got {value!r}")
+    codec = _U32 if kind is Kind.U32 else _U64
+    try:
+        return codec.pack(value)
+    except struct.error:
+        raise WireError(f"field {name!r} out of range for {kind.value}: {value!r}") from None
+
+
+def encode(message: Message) -> bytes:
+    """One frame carrying `message`."""
+    parts: list[bytes] = []
+    for name, spec in _wire_fields(type(message)):
+        value = getattr(message, name)
+        values = value if spec.repeated else ([] if value is None else [value])
+        if spec.required and not values:
+            raise WireError(f"{type(message).__name__}: required field {name!r} missing")
+        for item in values:
+            raw = _encode_value(name, spec.kind, item)
+            parts.append(_FIELD.pack(spec.tag, len(raw)))
+            parts.append(raw)
+    body = b"".join(parts)
+    if len(body) + 2 > 0xFFFFFFFF:
+        raise WireError("frame too large")
+    return _HEAD.pack(len(body) + 2, message.TYPE) + body
+
+
+# --- parsing --------------------------------------------------------------------------
+
+
+def _decode_value(name: str, kind: Kind, raw: bytes) -> int | bytes:
+    if kind is Kind.BYTES:
+        return raw
+    codec = _U32 if kind is Kind.U32 else _U64
+    if len(raw) != codec.size:
+        raise WireError(f"field {name!r}: {len(raw)} bytes for a {kind.value}")
+    value: int = codec.unpack(raw)[0]
+    return value
+
+
+def _split_fields(body: memoryview) -> dict[int, list[bytes]]:
+    found: dict[int, list[bytes]] = {}
+    pos = 0
+    while pos < len(body):
+        if len(body) - pos < _FIELD.size:
+            raise WireError("truncated field header")
+        tag, size = _FIELD.unpack_from(body, pos)
+        pos += _FIELD.size
+        if size > len(body) - pos:
+            raise WireError(f"field {tag} claims {size} bytes, {len(body) - pos} left")
+        found.setdefault(tag, []).append(bytes(body[pos : pos + size]))
+        pos += size
+    return found
+
+
+def decode_body(cls: type[Message], body: bytes | memoryview) -> Message:
+    """The message of type `cls` whose fields are `body` (the frame minus length and type)."""
+    found = _split_fields(memoryview(body))
+    kwargs: dict[str, Any] = {}
+    for name, spec in _wire_fields(cls):
+        raws = found.get(spec.tag, [])
+        if spec.required and not raws:
+            raise WireError(f"{cls.__name__}: required field {name!r} missing")
+        if len(raws) > 1 and not spec.repeated:
+            raise WireError(f"{cls.__name__}: field {name!r} repeated")
+        values = [_decode_value(name, spec.kind, raw) for raw in raws]
+        if spec.repeated:
+            kwargs[name] = tuple(values)
+        elif values:
+            kwargs[name] = values[0]
+    return cls(**kwargs)
+
+
+class FrameReader:
+    """Incremental parser: `feed()` bytes as they arrive, get whole messages back.
+
+    `types` maps a message type to its class; an unknown type or a frame longer than
+    `max_frame` is a `WireError`. After an error the reader is unusable (the channel is
+    broken; resynchronising a length-prefixed stream is not possible).
+    """
+
+    def __init__(self, types: dict[int, type[Message]], max_frame: int = MAX_INBOUND) -> None:
+        self._types = types
+        self._max = max_frame
+        self._buf = bytearray()
+        self._broken: WireError | None = None
+
+    def feed(self, data: bytes) -> list[Message]:
+        if self._broken is not None:
+            raise self._broken
+        self._buf += data
+        try:
+            return list(self._drain())
+        except WireError as exc:
+            self._broken = exc
+            raise
+
+    def set_max_frame(self, max_frame: int) -> None:
+        self._max = max_frame
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not yet make a whole frame."""
+        return len(self._buf)
+
+    def _drain(self) -> Iterator[Message]:
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= _LEN.size:
+                (length,) = _LEN.unpack_from(buf, pos)
+                if length < 2:
+                    raise WireError(f"frame length {length} is below the minimum of 2")
+                if length > self._max:
+                    raise WireError(f"frame of {length} bytes exceeds the cap of {self._max}")
+                if len(buf) - pos - _LEN.size < length:
+                    break
+                (mtype,) = struct.unpack_from("<H", buf, pos + _LEN.size)
+                cls = self._types.get(mtype)
+                if cls is None:
+                    raise WireError(f"unknown message type 0x{mtype:04x}")
+                body = bytes(buf[pos + _HEAD.size : pos + _LEN.size + length])
+                pos += _LEN.size + length
+                yield decode_body(cls, body)
+        finally:
+            del buf[:pos]

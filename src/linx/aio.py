@@ -1,0 +1,107 @@
+"""`linx.aio`: the asyncio front, name for name the same as `linx`, on the same reactor.
+
+What can block is a coroutine (`spawn`, `wait`, `aclose`, `async with`); fire-and-forget verbs
+(`proceed`, `abort`, `signal`, `info`, `set_owner`, `pty_write`, `pty_set_winsize`) are plain
+methods, as on asyncio's own `Process`. Nothing here blocks the event loop: waits are
+futures completed by the reactor thread. The default owner is an `asyncio.Queue`
+(`session.events`) fed on the loop that called `spawn`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from . import session as _sync
+from ._state import Info
+from .events import Event, Outcome
+from .session import CLOSE_TIMEOUT, _unwrap
+
+__all__ = ["Session", "spawn"]
+
+log = logging.getLogger("linx")
+
+
+class Session:
+    """The asyncio handle of one spawned process. Create it with `await linx.aio.spawn()`."""
+
+    events: asyncio.Queue[Event] | None
+    """The default owner (an `asyncio.Queue`) when no `owner` was given, else `None`."""
+
+    def __init__(self, core: _sync.Session, events: asyncio.Queue[Event] | None) -> None:
+        self._core = core
+        self.events = events
+
+    @property
+    def host_pid(self) -> int | None:
+        return self._core.host_pid
+
+    @property
+    def owner(self) -> Any:
+        return self._core.owner
+
+    @property
+    def exit_reason(self) -> object:
+        return self._core.exit_reason
+
+    def proceed(self) -> None:
+        self._core.proceed()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def signal(self, signum: int) -> None:
+        self._core.signal(signum)
+
+    def info(self) -> Info:
+        return self._core.info()
+
+    def set_owner(self, owner: Any) -> None:
+        self._core.set_owner(owner)
+
+    def pty_write(self, data: bytes) -> None:
+        self._core.pty_write(data)
+
+    def pty_set_winsize(self, size: object) -> None:
+        self._core.pty_set_winsize(size)
+
+    async def wait(self, timeout: float | None = None) -> Outcome:
+        """The terminal outcome, as `linx.Session.wait()`; cancelling the wait is harmless."""
+        channel = self._core._channel
+        if channel.closed:
+            from .errors import NoProcess
+
+            raise NoProcess("the session is closed")
+        future = asyncio.wrap_future(channel.outcome)
+        return _unwrap(await asyncio.wait_for(future, timeout))
+
+    async def aclose(self) -> None:
+        """As `linx.Session.close()`: abort or kill a live session and await its end."""
+        channel = self._core._channel
+        if not channel.begin_close():
+            return
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(channel.outcome), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
+        channel.finish_close()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return repr(self._core).replace("linx.Session", "linx.aio.Session")
+
+
+async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: Any) -> Session:
+    """As `linx.spawn()`, with an `asyncio.Queue` as the default owner."""
+    events: asyncio.Queue[Event] | None = None
+    if owner is None:
+        owner = events = asyncio.Queue()
+    core = _sync.spawn(argv, owner=owner, **options)
+    return Session(core, events)

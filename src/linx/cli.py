@@ -1,0 +1,170 @@
+"""`linx run`: run one command in fresh namespaces from the shell.
+
+The command line is a thin layer over `linx.spawn`: it parses, spawns with `auto_proceed`,
+forwards SIGTERM/SIGHUP to the workload, and exits with the workload's status (128+n for a
+signal, 125 for a failure before the workload ran). It never handles the workload's stdio:
+the workload inherits this terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._options import Namespace
+from .errors import ProcessError
+from .events import Aborted, Event, Exited, Failed, Signaled
+from .session import spawn
+
+EXIT_SETUP_FAILED = 125
+
+RUN_EPILOG = """\
+examples:
+  linx run -- /bin/echo hello
+  linx run --ns user,pid,mount,uts,ipc --map-root --hostname box -- /bin/sh -c 'id; hostname'
+  linx run --ns net --events -- /sbin/ip -brief link
+
+--ns takes a comma-separated list of: net mount pid uts ipc user cgroup time.
+--map-root maps your uid and gid to root inside a user namespace (it adds "user").
+The exit status is the workload's, 128+N if signal N killed it, and 125 if it never ran
+(the failing stage and errno are printed on stderr).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linx",
+        description="Spawn processes into fresh Linux namespaces.",
+    )
+    parser.add_argument("--version", action="version", version=f"linx {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="run ARGV in fresh namespaces",
+        description="Run ARGV (an absolute path and its arguments) in a child cloned into "
+        "fresh namespaces, and exit with its status.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--ns", metavar="LIST", default="", help="namespaces to create, e.g. user,pid,mount")
+    run.add_argument("--map-root", action="store_true", help="map your uid/gid to 0 (implies user)")
+    run.add_argument(
+        "--uid-map", metavar="IN:OUT:COUNT", action="append", default=[], help="a uid map line"
+    )
+    run.add_argument(
+        "--gid-map", metavar="IN:OUT:COUNT", action="append", default=[], help="a gid map line"
+    )
+    run.add_argument("--hostname", metavar="NAME", help="hostname inside (implies uts)")
+    run.add_argument("--cwd", metavar="DIR", help="working directory of the workload")
+    run.add_argument(
+        "--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)"
+    )
+    run.add_argument("--clear-env", action="store_true", help="start from an empty environment")
+    run.add_argument("--events", action="store_true", help="print each lifecycle event to stderr")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV", help="the command")
+    return parser
+
+
+def _id_map(option: str, lines: list[str]) -> list[tuple[int, int, int]]:
+    entries = []
+    for line in lines:
+        parts = line.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise SystemExit(f"linx: {option} takes INSIDE:OUTSIDE:COUNT, not {line!r}")
+        entries.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return entries
+
+
+def _spawn_options(args: argparse.Namespace) -> dict[str, Any]:
+    namespaces = {n.strip() for n in args.ns.split(",") if n.strip()}
+    uid_map = _id_map("--uid-map", args.uid_map)
+    gid_map = _id_map("--gid-map", args.gid_map)
+    if args.map_root:
+        uid_map = uid_map or [(0, os.geteuid(), 1)]
+        gid_map = gid_map or [(0, os.getegid(), 1)]
+    if uid_map or gid_map:
+        namespaces.add(Namespace.USER.value)
+    if args.hostname is not None:
+        namespaces.add(Namespace.UTS.value)
+    env = {} if args.clear_env else dict(os.environ)
+    for entry in args.env:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"linx: --env takes KEY=VALUE, not {entry!r}")
+        env[key] = value
+    return {
+        "namespaces": sorted(namespaces),
+        "uid_map": uid_map or None,
+        "gid_map": gid_map or None,
+        "hostname": args.hostname,
+        "cwd": args.cwd,
+        "env": env,
+    }
+
+
+def _print_event(event: Event) -> None:
+    print(f"linx: event {event!r}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise SystemExit("linx run: no command given (put it after --)")
+    try:
+        session = spawn(
+            argv,
+            auto_proceed=True,
+            owner=_print_event if args.events else None,
+            **_spawn_options(args),
+        )
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"linx run: {exc}") from None
+    with session:
+        _forward_signals(session)
+        try:
+            outcome = session.wait()
+        except ProcessError as exc:
+            print(f"linx: {exc.describe()}", file=sys.stderr)
+            return EXIT_SETUP_FAILED
+    return _exit_status(outcome)
+
+
+def _exit_status(outcome: Event) -> int:
+    if isinstance(outcome, Exited):
+        return outcome.code
+    if isinstance(outcome, Signaled):
+        return 128 + outcome.signum
+    if isinstance(outcome, Aborted | Failed):
+        return EXIT_SETUP_FAILED
+    raise AssertionError(outcome)
+
+
+def _forward_signals(session: Any) -> None:
+    """SIGTERM/SIGHUP go on to the workload; the terminal sends SIGINT/SIGQUIT to it itself."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            session.signal(signum)
+        except Exception:
+            pass  # the workload already ended
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for signum in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        return run(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Exceptions of linx: the kernel's word (`ProcessError`) and wrong-state calls (`SessionError`).
+
+Nothing here does I/O; bad *input* is reported with the built-in `TypeError`/`ValueError`.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "AlreadyRunning",
+    "NoProcess",
+    "NoPty",
+    "NotReady",
+    "NotRunning",
+    "ProcessError",
+    "SessionError",
+]
+
+
+class ProcessError(OSError):
+    """A pre-exec or agent failure: the workload never ran (or its agent died).
+
+    `stage` names the step that failed (see docs/design.md for the table), `errno` is the
+    POSIX errno (`None` for `agent_died`), and `code` is the raw integer: the errno, or for
+    `agent_died` the agent's exit status (negative signal number if it was killed, `None`
+    when no launcher was left to report it).
+    """
+
+    stage: str
+    code: int | None
+
+    def __init__(self, stage: str, code: int | None) -> None:
+        self.stage = stage
+        self.code = code
+        if stage == "agent_died":
+            super().__init__(f"process agent died: {_describe_status(code)}")
+            self.errno = None  # type: ignore[assignment]
+        else:
+            assert code is not None
+            name = _errno.errorcode.get(code, "E?")
+            super().__init__(code, f"process {stage} failed: {name} (errno {code})")
+        self.strerror = str(self.args[-1])
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self) -> tuple[type[ProcessError], tuple[str, int | None]]:
+        return (type(self), (self.stage, self.code))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProcessError):
+            return NotImplemented
+        return (self.stage, self.code) == (other.stage, other.code)
+
+    def __hash__(self) -> int:
+        return hash((self.stage, self.code))
+
+    @property
+    def errno_name(self) -> str | None:
+        """The symbolic errno (`"ENOENT"`), or `None` for `agent_died`."""
+        return None if self.errno is None else _errno.errorcode.get(self.errno)
+
+    def describe(self) -> str:
+        """One line for people: the stage and the kernel's reason."""
+        if self.errno is None:
+            return str(self)
+        return f"{self} - {os.strerror(self.errno)}"
+
+
+def _describe_status(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown (its launcher is gone)"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+class SessionError(Exception):
+    """A verb called in a session state where the reference refuses it."""
+
+
+class NotReady(SessionError):
+    """`proceed()` before the child reached the checkpoint."""
+
+
+class NoProcess(SessionError):
+    """The session has ended (terminal outcome recorded) or was closed."""
+
+
+class AlreadyRunning(SessionError):
+    """The workload is past the checkpoint (the reference's `:running`)."""
+
+
+class NotRunning(SessionError):
+    """The verb needs a running workload."""
+
+
+class NoPty(SessionError):
+    """A PTY verb on a session that was not started with `stdio="pty"`."""

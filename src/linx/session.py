@@ -1,0 +1,249 @@
+"""`Session` and `spawn()`: one child process, from clone to its one terminal outcome.
+
+A session never forks this Python process. Its agent (a small C program forked by the
+launcher) does the clone and the exec; this object is the handle that drives it. Every
+method is thread-safe. What happens in each corner:
+
+- `wait()` from any number of threads returns the same outcome to all; a timeout raises
+  `TimeoutError` and leaves the session as it was.
+- `close()` (or leaving a `with` block) on a live session aborts a parked child or kills a
+  running workload with SIGKILL, and returns once it is reaped; closing twice is harmless.
+  After `close()` every method raises `NoProcess`; `host_pid` and `exit_reason` stay.
+- Dropping the last reference to a live session closes its channel without waiting: the
+  agent then applies the session's `orphan_policy`.
+- If this Python process dies, even by SIGKILL, the same orphan policy applies.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+from . import _options
+from ._channel import Channel
+from ._owners import make_deliver
+from ._runtime import get_runtime
+from ._state import Info, SessionState
+from .errors import NoProcess, ProcessError
+from .events import Event, Outcome
+
+__all__ = ["Session", "spawn"]
+
+log = logging.getLogger("linx")
+
+CLOSE_TIMEOUT = 30.0  # seconds close() waits for a killed workload before giving up on it
+
+
+class Session:
+    """The handle of one spawned process. Create it with `linx.spawn()`."""
+
+    events: queue.Queue[Event] | None
+    """The default owner (a fresh queue) when no `owner` was given, else `None`."""
+
+    def __init__(self, *, _token: object = None) -> None:
+        if _token is not _PRIVATE:
+            raise TypeError("use linx.spawn() to create a Session")
+        self.events = None
+        self._channel: Channel
+
+    @classmethod
+    def _start(cls, plan: _options.SpawnPlan, owner: Any, *, pty: bool = False) -> Session:
+        session = cls(_token=_PRIVATE)
+        if owner is None:
+            session.events = owner = queue.Queue()
+        session._owner = owner
+        runtime = get_runtime()
+        state = SessionState(
+            mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=_weak(session)
+        )
+        session._channel = Channel(
+            runtime.reactor, state, make_deliver(owner), session, linger=plan.linger
+        )
+        runtime.start(session._channel, plan)
+        return session
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def host_pid(self) -> int | None:
+        """The workload's pid as the host sees it; `None` until the agent has cloned it."""
+        return self._channel.state.host_pid
+
+    @property
+    def owner(self) -> Any:
+        """Who receives this session's events."""
+        return self._owner
+
+    @property
+    def exit_reason(self) -> object:
+        """The reference's exit reason once terminal (`"normal"`, `("exited", n)`, ...)."""
+        return self._channel.exit_reason
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    def proceed(self) -> None:
+        """Release the child from the checkpoint: it runs its pre-exec steps and `execve`s.
+
+        Raises `NotReady` before `Ready`, `AlreadyRunning` if already released,
+        `NoProcess` once the session has ended.
+        """
+        self._channel.send(lambda state: state.proceed())
+
+    def abort(self) -> None:
+        """Discard the child at the checkpoint; the workload never runs (`Aborted`).
+
+        Before `Ready` the abort is buffered and fires when the child reaches the checkpoint.
+        Raises `AlreadyRunning` once released, `NoProcess` once ended.
+        """
+        self._channel.send(lambda state: state.abort())
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the workload (through a pidfd: a reused pid is never hit).
+
+        Before `Running` signals are buffered and delivered in order at `Running`.
+        Raises `NoProcess` once the session has ended.
+        """
+        number = _options.validate_signal(signum)
+        self._channel.send(lambda state: state.signal(number))
+
+    def wait(self, timeout: float | None = None) -> Outcome:
+        """Block until the terminal outcome: `Exited`, `Signaled` or `Aborted`.
+
+        Raises `ProcessError` for a pre-exec or agent failure, `TimeoutError` if `timeout`
+        seconds pass first (the session stays alive), `NoProcess` after `close()`.
+        """
+        if self._channel.closed:
+            raise NoProcess("the session is closed")
+        return _unwrap(self._channel.outcome.result(timeout))
+
+    def info(self) -> Info:
+        """A snapshot: mode, stage, host_pid, child_pid, pty, result."""
+        return self._channel.info()
+
+    def pty_write(self, data: bytes) -> None:
+        """Write to the workload's terminal. Raises `NoPty` without `stdio="pty"`."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data must be bytes, not {data!r}")
+        self._channel.send(_require_pty)
+
+    def pty_set_winsize(self, size: object) -> None:
+        """Set the workload's terminal size. Raises `NoPty` without `stdio="pty"`."""
+        self._channel.send(_require_pty)
+
+    def set_owner(self, owner: Any) -> None:
+        """Send events from now on to `owner` (past events are not replayed)."""
+        deliver = make_deliver(owner)
+        self._channel.set_deliver(deliver)
+        self._owner = owner
+
+    def close(self) -> None:
+        """End the session: abort a parked child or kill a running workload, then release.
+
+        Returns once the workload is reaped. Idempotent.
+        """
+        channel = self._channel
+        if not channel.begin_close():
+            return
+        if not get_runtime().reactor.in_reactor_thread():
+            try:
+                channel.outcome.result(CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
+        channel.finish_close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            try:
+                channel.abandon()
+            except Exception:  # interpreter shutdown: the reactor may be gone
+                pass
+
+    def __repr__(self) -> str:
+        channel = getattr(self, "_channel", None)
+        if channel is None:
+            return "<linx.Session (not started)>"
+        state = channel.state
+        closed = " closed" if channel.closed else ""
+        return f"<linx.Session {state.stage} host_pid={state.host_pid}{closed}>"
+
+
+_PRIVATE = object()
+
+
+def _weak(session: Session) -> Any:
+    import weakref
+
+    return weakref.ref(session)
+
+
+def _require_pty(state: SessionState) -> None:
+    state.require_pty()
+
+
+def _unwrap(result: Outcome | ProcessError) -> Outcome:
+    if isinstance(result, ProcessError):
+        # A fresh exception per waiter: threads raising one object would share a traceback.
+        raise ProcessError(result.stage, result.code)
+    return result
+
+
+def spawn(
+    argv: Sequence[str | bytes],
+    *,
+    namespaces: Sequence[str] = (),
+    env: Any = None,
+    cwd: Any = None,
+    stdio: Any = "inherit",
+    owner: Any = None,
+    linger: bool = True,
+    auto_proceed: bool = False,
+    no_new_privs: bool = False,
+    orphan_policy: Any = ("kill", 5.0),
+    hostname: str | bytes | None = None,
+    uid_map: Sequence[tuple[int, int, int]] | None = None,
+    gid_map: Sequence[tuple[int, int, int]] | None = None,
+    setgroups: str = "deny",
+    uid: int | None = None,
+    gid: int | None = None,
+    groups: Sequence[int] | None = None,
+) -> Session:
+    """Start `argv[0]` (an absolute path) in a child cloned into `namespaces`.
+
+    The child parks at the checkpoint (`Ready`) until `proceed()` unless `auto_proceed`.
+    Returns at once; events go to `owner` (default: `session.events`, a `queue.Queue`).
+    Bad options raise `TypeError`/`ValueError` before any process exists. See SPEC §3 and
+    the README for every option.
+    """
+    plan = _options.plan_spawn(
+        argv,
+        namespaces=namespaces,
+        env=env,
+        cwd=cwd,
+        stdio=stdio,
+        owner=owner,
+        linger=linger,
+        auto_proceed=auto_proceed,
+        no_new_privs=no_new_privs,
+        orphan_policy=orphan_policy,
+        hostname=hostname,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setgroups=setgroups,
+        uid=uid,
+        gid=gid,
+        groups=groups,
+    )
+    try:
+        return Session._start(plan, owner)
+    except BaseException:
+        plan.close_fds()
+        raise

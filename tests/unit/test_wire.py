@@ -1,0 +1,147 @@
+"""The wire codec: round trips, framing across arbitrary splits, and garbage handling."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linx import _wire
+
+u32 = st.integers(0, 2**32 - 1)
+u64 = st.integers(0, 2**64 - 1)
+small_bytes = st.binary(max_size=64)
+opt = st.none
+
+spawn_requests = st.builds(
+    _wire.Spawn,
+    version=st.just(1),
+    argv=st.lists(small_bytes, min_size=1, max_size=5).map(tuple),
+    env=st.lists(small_bytes, max_size=5).map(tuple),
+    cwd=opt() | small_bytes,
+    namespaces=opt() | u64,
+    hostname=opt() | small_bytes,
+    uid_map=opt() | small_bytes,
+    gid_map=opt() | small_bytes,
+    setgroups=opt() | st.sampled_from([b"deny", b"allow"]),
+    uid=opt() | u32,
+    gid=opt() | u32,
+    groups=opt() | small_bytes,
+    stdin=opt() | small_bytes,
+    stdout=opt() | small_bytes,
+    stderr=opt() | small_bytes,
+    auto_proceed=opt() | u32,
+    no_new_privs=opt() | u32,
+    orphan_grace_ms=opt() | u64,
+    orphan_linger=opt() | u32,
+)
+commands = st.one_of(
+    st.builds(_wire.Proceed), st.builds(_wire.Abort), st.builds(_wire.Signal, signum=u32)
+)
+agent_messages = st.one_of(
+    st.builds(_wire.Spawned, host_pid=u32, agent_pid=opt() | u32),
+    st.builds(_wire.Ready, host_pid=u32, child_pid=opt() | u32),
+    st.builds(_wire.Running),
+    st.builds(_wire.Exited, code=u32),
+    st.builds(_wire.Signaled, signum=u32),
+    st.builds(_wire.Aborted),
+    st.builds(_wire.Error, stage=small_bytes, errno=u32),
+    st.builds(_wire.Notice, stage=small_bytes, errno=u32),
+)
+launcher_messages = st.one_of(
+    st.builds(_wire.AgentExited, token=u64, exit_code=opt() | u32, term_signal=opt() | u32),
+    st.builds(_wire.LaunchFailed, token=u64, stage=small_bytes, errno=u32),
+)
+
+
+def _feed_in_pieces(reader: _wire.FrameReader, data: bytes, cuts: list[int]) -> list[object]:
+    out: list[object] = []
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for start, end in zip(points, points[1:], strict=False):
+        out += reader.feed(data[start:end])
+    return out
+
+
+@given(st.lists(spawn_requests | commands, min_size=1, max_size=6), st.lists(st.integers(0, 10**6)))
+def test_requests_round_trip_across_any_split(messages: list[_wire.Message], cuts: list[int]) -> None:
+    data = b"".join(_wire.encode(m) for m in messages)
+    reader = _wire.FrameReader(_wire.SESSION_REQUESTS, _wire.MAX_REQUEST)
+    assert _feed_in_pieces(reader, data, cuts) == messages
+    assert reader.pending == 0
+
+
+@given(st.lists(agent_messages, min_size=1, max_size=8), st.lists(st.integers(0, 10**6)))
+def test_agent_messages_round_trip_across_any_split(
+    messages: list[_wire.Message], cuts: list[int]
+) -> None:
+    data = b"".join(_wire.encode(m) for m in messages)
+    reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
+    assert _feed_in_pieces(reader, data, cuts) == messages
+
+
+@given(st.lists(launcher_messages, min_size=1, max_size=4))
+def test_launcher_messages_round_trip(messages: list[_wire.Message]) -> None:
+    reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
+    assert reader.feed(b"".join(_wire.encode(m) for m in messages)) == messages
+
+
+@given(st.binary(max_size=512))
+def test_garbage_raises_only_wire_error(data: bytes) -> None:
+    for table in (_wire.AGENT_MESSAGES, _wire.SESSION_REQUESTS, _wire.LAUNCHER_REPLIES):
+        reader = _wire.FrameReader(table, 1 << 16)
+        try:
+            reader.feed(data)
+        except _wire.WireError:
+            with pytest.raises(_wire.WireError):
+                reader.feed(b"")  # a broken reader stays broken
+
+
+@given(agent_messages, st.integers(0, 40), st.binary(min_size=1, max_size=8))
+def test_corrupted_frames_raise_only_wire_error(
+    message: _wire.Message, at: int, junk: bytes
+) -> None:
+    data = bytearray(_wire.encode(message))
+    pos = at % len(data)
+    data[pos : pos + len(junk)] = junk
+    try:
+        _wire.FrameReader(_wire.AGENT_MESSAGES, 1 << 16).feed(bytes(data))
+    except _wire.WireError:
+        pass
+
+
+def test_unknown_tags_are_skipped_for_forward_compatibility() -> None:
+    frame = _wire.encode(_wire.Exited(code=3))
+    extra = struct.pack("<HI", 99, 2) + b"xx"
+    body = frame[4:] + extra
+    patched = struct.pack("<I", len(body)) + body
+    assert _wire.FrameReader(_wire.AGENT_MESSAGES).feed(patched) == [_wire.Exited(code=3)]
+
+
+def test_frame_over_the_cap_is_refused_from_its_header_alone() -> None:
+    reader = _wire.FrameReader(_wire.AGENT_MESSAGES, max_frame=100)
+    with pytest.raises(_wire.WireError, match="exceeds the cap"):
+        reader.feed(struct.pack("<IH", 101, _wire.Running.TYPE))
+
+
+def test_missing_required_field_is_refused() -> None:
+    frame = struct.pack("<IH", 2, _wire.Exited.TYPE)
+    with pytest.raises(_wire.WireError, match="required field 'code'"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(frame)
+
+
+def test_wrong_size_for_an_integer_field_is_refused() -> None:
+    body = struct.pack("<H", _wire.Exited.TYPE) + struct.pack("<HI", 1, 3) + b"abc"
+    with pytest.raises(_wire.WireError, match="3 bytes for a u32"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(struct.pack("<I", len(body)) + body)
+
+
+def test_encoding_refuses_out_of_range_integers() -> None:
+    with pytest.raises(_wire.WireError, match="out of range"):
+        _wire.encode(_wire.Signal(signum=2**32))
+
+
+def test_encoding_refuses_a_missing_required_field() -> None:
+    with pytest.raises(_wire.WireError, match="version"):
+        _wire.encode(_wire.Spawn(version=None, argv=(b"/bin/true",)))  # type: ignore[arg-type]
