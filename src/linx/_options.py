@@ -12,7 +12,7 @@ import enum
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from . import _wire
@@ -115,7 +115,7 @@ def _argv(argv: object) -> tuple[bytes, ...]:
     if isinstance(argv, str | bytes) or not isinstance(argv, Sequence):
         raise TypeError(f"argv must be a sequence of str or bytes, not {argv!r}")
     if not argv:
-        raise ValueError("argv must not be empty")
+        raise ValueError(f"argv must not be empty, got {argv!r}")
     items = tuple(_os_bytes(f"argv[{i}]", arg) for i, arg in enumerate(argv))
     if not items[0].startswith(b"/"):
         raise ValueError(f"argv[0] must be an absolute path (no $PATH lookup), not {argv[0]!r}")
@@ -137,9 +137,23 @@ def _namespaces(namespaces: object) -> frozenset[Namespace]:
     return frozenset(found)
 
 
+_inherited_env: tuple[dict[bytes, bytes], tuple[bytes, ...]] = ({}, ())
+
+
+def _current_environment() -> tuple[bytes, ...]:
+    """This process's environment as `KEY=VALUE` entries, re-encoded only when it changed."""
+    global _inherited_env
+    current: dict[bytes, bytes] = getattr(os.environb, "_data", None) or dict(os.environb)
+    snapshot, encoded = _inherited_env
+    if current != snapshot:
+        encoded = tuple(k + b"=" + v for k, v in current.items())
+        _inherited_env = (dict(current), encoded)
+    return encoded
+
+
 def _env(env: object) -> tuple[bytes, ...]:
     if env is None:
-        return tuple(k + b"=" + v for k, v in os.environb.items())
+        return _current_environment()
     if isinstance(env, Mapping):
         pairs = [(_os_bytes("env key", k), _os_bytes(f"env[{k!r}]", v)) for k, v in env.items()]
         for key, _ in pairs:
@@ -192,7 +206,7 @@ def _id_map(name: str, entries: object) -> bytes:
             raise ValueError(f"{name}: count must be at least 1 in {entry!r}")
         lines.append(f"{inside} {outside} {count}\n")
     if not lines:
-        raise ValueError(f"{name} must not be empty")
+        raise ValueError(f"{name} must not be empty, got {entries!r}")
     if len(lines) > 340:
         raise ValueError(f"{name} has {len(lines)} entries; the kernel allows 340")
     return "".join(lines).encode()
@@ -247,32 +261,40 @@ def plan_spawn(
             raise ValueError(f"hostname must be 1 to {HOST_NAME_MAX} bytes, not {hostname!r}")
     uids = None if uid_map is None else _id_map("uid_map", uid_map)
     gids = None if gid_map is None else _id_map("gid_map", gid_map)
-    if (uids or gids) and Namespace.USER not in spaces:
-        raise ValueError("uid_map/gid_map need the 'user' namespace")
+    for name, given, encoded in (("uid_map", uid_map, uids), ("gid_map", gid_map, gids)):
+        if encoded is not None and Namespace.USER not in spaces:
+            raise ValueError(f"{name}={given!r} needs the 'user' namespace")
     if setgroups not in ("deny", "allow"):
         raise ValueError(f"setgroups must be 'deny' or 'allow', not {setgroups!r}")
+    uid = None if uid is None else _id("uid", uid)
+    gid = None if gid is None else _id("gid", gid)
+    group_list = None if groups is None else _groups(groups)
     stdio_plan = _check_stdio(stdio)
+    workdir = _cwd(cwd)
+    fds: list[int] = []
+    stdio_values = _stdio_directives(stdio_plan, fds)  # last: the only step that opens fds
     request = _wire.Spawn(
         version=_wire.VERSION,
         argv=args,
         env=environment,
-        cwd=_cwd(cwd),
+        cwd=workdir,
         namespaces=sum(CLONE_FLAGS[n] for n in spaces) or None,
         hostname=host,
         uid_map=uids,
         gid_map=gids,
         setgroups=str(setgroups).encode() if gids is not None else None,
-        uid=None if uid is None else _id("uid", uid),
-        gid=None if gid is None else _id("gid", gid),
-        groups=None if groups is None else _groups(groups),
+        uid=uid,
+        gid=gid,
+        groups=group_list,
+        stdin=stdio_values[0],
+        stdout=stdio_values[1],
+        stderr=stdio_values[2],
         auto_proceed=1 if proceed else None,
         no_new_privs=1 if nnp else None,
         orphan_grace_ms=grace_ms,
         orphan_linger=lingers,
     )
-    plan = SpawnPlan(request, auto_proceed=proceed, linger=keep_alive)
-    _apply_stdio(plan, stdio_plan)
-    return plan
+    return SpawnPlan(request, fds, auto_proceed=proceed, linger=keep_alive)
 
 
 # --- stdio ---------------------------------------------------------------------------------
@@ -290,7 +312,9 @@ def _check_stdio(stdio: object) -> dict[str, StdioValue]:
         raise TypeError(f"stdio must be a str or a dict, not {stdio!r}")
     unknown = set(stdio) - set(_STDIO_NAMES)
     if unknown:
-        raise ValueError(f"stdio: unknown keys {sorted(map(repr, unknown))}; use stdin/stdout/stderr")
+        raise ValueError(
+            f"stdio: unknown keys {sorted(map(repr, unknown))}; use stdin/stdout/stderr"
+        )
     plan = {name: stdio.get(name, "inherit") for name in _STDIO_NAMES}
     for name, value in plan.items():
         _check_stdio_value(name, value)
@@ -306,7 +330,9 @@ def _check_stdio_value(name: str, value: StdioValue) -> None:
         _os_bytes(f"stdio[{name!r}] path", value[1])
         return
     if isinstance(value, str):
-        raise ValueError(f"stdio[{name!r}] must be 'inherit', 'devnull', a tuple or an fd: {value!r}")
+        raise ValueError(
+            f"stdio[{name!r}] must be 'inherit', 'devnull', a tuple or an fd: {value!r}"
+        )
     fd = _fileno(name, value)
     try:
         os.fstat(fd)
@@ -328,19 +354,21 @@ def _fileno(name: str, value: StdioValue) -> int:
     return fd
 
 
-def _apply_stdio(plan: SpawnPlan, stdio: dict[str, StdioValue]) -> None:
-    """Turn directives into wire values, duplicating fds so the caller may close theirs."""
-    values: dict[str, bytes] = {}
+def _stdio_directives(stdio: dict[str, StdioValue], fds: list[int]) -> list[bytes]:
+    """Wire values for fds 0, 1, 2; fds to pass are duplicated into `fds` (caller may close)."""
     try:
-        for target, (name, value) in enumerate(stdio.items()):
-            values[name] = _stdio_directive(plan, target, name, value)
+        return [
+            _stdio_directive(fds, target, name, value)
+            for target, (name, value) in enumerate(stdio.items())
+        ]
     except BaseException:
-        plan.close_fds()
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
         raise
-    plan.request = replace(plan.request, **values)
 
 
-def _stdio_directive(plan: SpawnPlan, target: int, name: str, value: StdioValue) -> bytes:
+def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) -> bytes:
     if value == "devnull":
         return _wire.stdio_devnull()
     if isinstance(value, tuple):
@@ -352,5 +380,5 @@ def _stdio_directive(plan: SpawnPlan, target: int, name: str, value: StdioValue)
         if value == "inherit":
             return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's
         raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
-    plan.fds.append(copy)
-    return _wire.stdio_fd(len(plan.fds) - 1)
+    fds.append(copy)
+    return _wire.stdio_fd(len(fds) - 1)

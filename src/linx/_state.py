@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import _wire

@@ -8,7 +8,6 @@ field or message is one declaration. Malformed bytes raise `WireError` and nothi
 from __future__ import annotations
 
 import enum
-import functools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
@@ -218,10 +217,15 @@ def stdio_closed() -> bytes:
 # --- writing --------------------------------------------------------------------------
 
 
-@functools.cache
+_SCHEMAS: dict[type[Message], tuple[tuple[str, Field], ...]] = {}
+
+
 def _wire_fields(cls: type[Message]) -> tuple[tuple[str, Field], ...]:
-    found = ((f.name, f.metadata.get("wire")) for f in fields(cls))  # type: ignore[arg-type]
-    return tuple((name, spec) for name, spec in found if spec is not None)
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        found = ((f.name, f.metadata.get("wire")) for f in fields(cls))  # type: ignore[arg-type]
+        schema = _SCHEMAS[cls] = tuple((n, spec) for n, spec in found if spec is not None)
+    return schema
 
 
 def _encode_value(name: str, kind: Kind, value: Any) -> bytes:
@@ -238,16 +242,52 @@ def _encode_value(name: str, kind: Kind, value: Any) -> bytes:
         raise WireError(f"field {name!r} out of range for {kind.value}: {value!r}") from None
 
 
+# The last repeated field encoded, by identity: a spawn that inherits the environment
+# sends the same (cached) tuple every time, and re-encoding it dominated the codec's cost.
+_last_repeated: tuple[object, int, bytes] = ((), 0, b"")
+
+
+def _encode_repeated(name: str, spec: Field, values: tuple[Any, ...]) -> bytes:
+    global _last_repeated
+    cached_values, cached_tag, cached = _last_repeated
+    if values is cached_values and spec.tag == cached_tag:
+        return cached
+    parts = []
+    for item in values:
+        raw = (
+            item
+            if spec.kind is Kind.BYTES and type(item) is bytes
+            else _encode_value(name, spec.kind, item)
+        )
+        parts.append(_FIELD.pack(spec.tag, len(raw)))
+        parts.append(raw)
+    encoded = b"".join(parts)
+    if len(values) > 8:
+        _last_repeated = (values, spec.tag, encoded)
+    return encoded
+
+
 def encode(message: Message) -> bytes:
     """One frame carrying `message`."""
     parts: list[bytes] = []
     for name, spec in _wire_fields(type(message)):
         value = getattr(message, name)
-        values = value if spec.repeated else ([] if value is None else [value])
+        if spec.repeated:
+            if not isinstance(value, tuple):
+                raise WireError(f"field {name!r} needs a tuple, got {value!r}")
+            if spec.required and not value:
+                raise WireError(f"{type(message).__name__}: required field {name!r} missing")
+            parts.append(_encode_repeated(name, spec, value))
+            continue
+        values = [] if value is None else [value]
         if spec.required and not values:
             raise WireError(f"{type(message).__name__}: required field {name!r} missing")
         for item in values:
-            raw = _encode_value(name, spec.kind, item)
+            raw = (
+                item
+                if spec.kind is Kind.BYTES and type(item) is bytes
+                else _encode_value(name, spec.kind, item)
+            )
             parts.append(_FIELD.pack(spec.tag, len(raw)))
             parts.append(raw)
     body = b"".join(parts)

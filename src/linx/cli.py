@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--ns", metavar="LIST", default="", help="namespaces to create, e.g. user,pid,mount")
+    run.add_argument(
+        "--ns", metavar="LIST", default="", help="namespaces to create, e.g. user,pid,mount"
+    )
     run.add_argument("--map-root", action="store_true", help="map your uid/gid to 0 (implies user)")
     run.add_argument(
         "--uid-map", metavar="IN:OUT:COUNT", action="append", default=[], help="a uid map line"
@@ -62,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--hostname", metavar="NAME", help="hostname inside (implies uts)")
     run.add_argument("--cwd", metavar="DIR", help="working directory of the workload")
     run.add_argument(
-        "--env", metavar="KEY=VALUE", action="append", default=[], help="set a variable (repeatable)"
+        "--env",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="set a variable (repeatable)",
     )
     run.add_argument("--clear-env", action="store_true", help="start from an empty environment")
     run.add_argument("--events", action="store_true", help="print each lifecycle event to stderr")

@@ -36,7 +36,7 @@ class ProcessError(OSError):
         self.code = code
         if stage == "agent_died":
             super().__init__(f"process agent died: {_describe_status(code)}")
-            self.errno = None  # type: ignore[assignment]
+            self.errno = None
         else:
             assert code is not None
             name = _errno.errorcode.get(code, "E?")
@@ -44,7 +44,7 @@ class ProcessError(OSError):
         self.strerror = str(self.args[-1])
 
     def __str__(self) -> str:
-        return self.strerror
+        return str(self.args[-1])
 
     def __reduce__(self) -> tuple[type[ProcessError], tuple[str, int | None]]:
         return (type(self), (self.stage, self.code))
@@ -60,7 +60,9 @@ class ProcessError(OSError):
     @property
     def errno_name(self) -> str | None:
         """The symbolic errno (`"ENOENT"`), or `None` for `agent_died`."""
-        return None if self.errno is None else _errno.errorcode.get(self.errno)
+        if self.errno is None:
+            return None
+        return _errno.errorcode.get(self.errno)
 
     def describe(self) -> str:
         """One line for people: the stage and the kernel's reason."""

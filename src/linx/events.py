@@ -7,7 +7,7 @@ Events are immutable values. `session` is excluded from equality so that
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from .errors import ProcessError
 
@@ -28,14 +28,12 @@ __all__ = [
     "TerminalEvent",
 ]
 
-_session_field: Any = field(default=None, compare=False, repr=False, kw_only=True)
-
 
 @dataclass(frozen=True)
 class Event:
-    """Base of every event. `session` is the `Session` it belongs to."""
+    """Base of every event. `session` is the `Session` it belongs to (keyword-only)."""
 
-    session: Session | None = _session_field
+    session: Session | None = field(default=None, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,12 @@ class Session:
         if owner is None:
             session.events = owner = queue.Queue()
         session._owner = owner
+        deliver = make_deliver(owner)  # may still refuse the owner: before any fd or thread
         runtime = get_runtime()
         state = SessionState(
             mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=_weak(session)
         )
-        session._channel = Channel(
-            runtime.reactor, state, make_deliver(owner), session, linger=plan.linger
-        )
+        session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
         runtime.start(session._channel, plan)
         return session
 

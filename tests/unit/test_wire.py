@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import pytest
@@ -59,13 +60,15 @@ launcher_messages = st.one_of(
 def _feed_in_pieces(reader: _wire.FrameReader, data: bytes, cuts: list[int]) -> list[object]:
     out: list[object] = []
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         out += reader.feed(data[start:end])
     return out
 
 
 @given(st.lists(spawn_requests | commands, min_size=1, max_size=6), st.lists(st.integers(0, 10**6)))
-def test_requests_round_trip_across_any_split(messages: list[_wire.Message], cuts: list[int]) -> None:
+def test_requests_round_trip_across_any_split(
+    messages: list[_wire.Message], cuts: list[int]
+) -> None:
     data = b"".join(_wire.encode(m) for m in messages)
     reader = _wire.FrameReader(_wire.SESSION_REQUESTS, _wire.MAX_REQUEST)
     assert _feed_in_pieces(reader, data, cuts) == messages

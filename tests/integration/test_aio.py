@@ -1,0 +1,145 @@
+"""`linx.aio`: the asyncio front on real processes. Each test runs its own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+import linx
+import linx.aio
+from tests.conftest import pid_alive
+
+
+async def _next(queue: asyncio.Queue[linx.Event], timeout: float = 10.0) -> linx.Event:
+    return await asyncio.wait_for(queue.get(), timeout)
+
+
+async def _running(session: linx.aio.Session) -> int:
+    """Consume Ready and Running; return the workload's host pid."""
+    assert session.events is not None
+    assert isinstance(await _next(session.events), linx.Ready)
+    assert isinstance(await _next(session.events), linx.Running)
+    assert session.host_pid is not None
+    return session.host_pid
+
+
+def test_aio_spawn_delivers_ready_running_exited_in_order_on_an_asyncio_queue() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sh", "-c", "exit 2"]) as session:
+            assert isinstance(session.events, asyncio.Queue)
+            ready = await _next(session.events)
+            assert isinstance(ready, linx.Ready) and ready.host_pid == session.host_pid
+            session.proceed()
+            assert isinstance(await _next(session.events), linx.Running)
+            assert await _next(session.events) == linx.Exited(code=2)
+            assert await session.wait() == linx.Exited(code=2)
+            assert session.events.empty()
+
+    asyncio.run(main())
+
+
+def test_aio_wait_returns_the_outcome_and_raises_process_error_for_pre_exec_failure() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/true"], auto_proceed=True) as session:
+            assert await session.wait(timeout=10) == linx.Exited(code=0)
+        async with await linx.aio.spawn(["/nonexistent/x"], auto_proceed=True) as failing:
+            with pytest.raises(linx.ProcessError) as caught:
+                await failing.wait(timeout=10)
+            assert caught.value.stage == "execve"
+
+    asyncio.run(main())
+
+
+def test_aio_async_with_kills_a_running_session_on_exit() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+            host_pid = await _running(session)
+            assert pid_alive(host_pid)
+        assert not pid_alive(host_pid)
+        with pytest.raises(linx.NoProcess):
+            await session.wait()
+        assert session.exit_reason == ("signaled", 9)
+
+    asyncio.run(main())
+
+
+def test_aio_wait_timeout_raises_timeout_error_and_leaves_the_session_alive() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+            host_pid = await _running(session)
+            with pytest.raises(TimeoutError):
+                await session.wait(timeout=0.1)
+            assert pid_alive(host_pid)
+            assert session.info().stage == linx.Stage.RUNNING
+            session.signal(15)
+            assert await session.wait(timeout=10) == linx.Signaled(signum=15)
+
+    asyncio.run(main())
+
+
+def test_aio_cancelling_one_waiter_does_not_disturb_another() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+            await _running(session)
+            doomed = asyncio.create_task(session.wait())
+            survivor = asyncio.create_task(session.wait())
+            await asyncio.sleep(0.05)
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            assert not survivor.done()
+            session.signal(15)
+            assert await asyncio.wait_for(survivor, 10) == linx.Signaled(signum=15)
+            # A wait started after the cancellation gets the same answer.
+            assert await session.wait(timeout=1) == linx.Signaled(signum=15)
+
+    asyncio.run(main())
+
+
+def test_asyncio_queue_owner_works_with_the_sync_api_inside_a_loop() -> None:
+    async def main() -> None:
+        queue: asyncio.Queue[linx.Event] = asyncio.Queue()
+        with linx.spawn(["/bin/sh", "-c", "exit 3"], owner=queue, auto_proceed=True) as session:
+            assert session.events is None
+            events = [await _next(queue) for _ in range(3)]
+            assert [type(e) for e in events] == [linx.Ready, linx.Running, linx.Exited]
+            assert events[-1] == linx.Exited(code=3)
+            assert all(e.session is session for e in events)
+            assert session.wait(timeout=1) == linx.Exited(code=3)
+
+    asyncio.run(main())
+
+
+def test_aio_sessions_never_block_the_event_loop() -> None:
+    async def main() -> tuple[float, int]:
+        ticks: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        sessions = [
+            await linx.aio.spawn(["/bin/sh", "-c", "sleep 1; exit 7"], auto_proceed=True)
+            for _ in range(20)
+        ]
+        try:
+            outcomes = await asyncio.gather(*(s.wait(timeout=20) for s in sessions))
+        finally:
+            for session in sessions:
+                await session.aclose()
+        stop.set()
+        await ticking
+        assert outcomes == [linx.Exited(code=7)] * 20
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        return max(gaps), len(ticks)
+
+    longest_gap, ticks = asyncio.run(main())
+    # The sessions took at least 1 s; a loop blocked on them would show a gap that long.
+    assert longest_gap < 0.5, longest_gap
+    assert ticks >= 40, ticks

@@ -1,0 +1,128 @@
+"""`linx run`, driven as a user would: `python -m linx run ...` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def linx_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "linx", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_run_exits_with_the_workloads_exit_status() -> None:
+    done = linx_cli("run", "--", "/bin/sh", "-c", "exit 7")
+    assert done.returncode == 7, done.stderr
+
+
+def test_run_exits_128_plus_signal_when_the_workload_is_killed_by_a_signal() -> None:
+    done = linx_cli("run", "--", "/bin/sh", "-c", "kill -TERM $$")
+    assert done.returncode == 128 + 15, done.stderr
+
+
+def test_run_exits_125_and_names_stage_and_errno_when_the_workload_never_ran() -> None:
+    done = linx_cli("run", "--cwd", "/nonexistent", "--", "/bin/true")
+    assert done.returncode == 125, done.stderr
+    assert "chdir" in done.stderr and "ENOENT" in done.stderr, done.stderr
+
+
+def test_run_events_prints_ready_running_exited_to_stderr() -> None:
+    done = linx_cli("run", "--events", "--", "/bin/sh", "-c", "echo out; exit 0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "out\n"  # events never go to stdout
+    lines = [line for line in done.stderr.splitlines() if line.startswith("linx: event")]
+    kinds = [line.split()[2].split("(")[0] for line in lines]
+    assert kinds == ["Ready", "Running", "Exited"], done.stderr
+    assert "code=0" in lines[-1]
+
+
+def test_run_map_root_in_user_and_pid_namespaces_is_uid_0_and_pid_1() -> None:
+    done = linx_cli(
+        "run", "--ns", "user,pid", "--map-root", "--", "/bin/sh", "-c", "id -u; echo $$"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["0", "1"]
+
+
+def test_run_hostname_sets_the_hostname_in_a_fresh_uts_namespace() -> None:
+    done = linx_cli("run", "--hostname", "box", "--", "/bin/hostname")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "box\n"
+    assert os.uname().nodename != "box"
+
+
+def test_run_env_reaches_the_workload() -> None:
+    done = linx_cli(
+        "run", "--env", "K=V", "--env", "EMPTY=", "--", "/bin/sh", "-c", 'echo "$K|${EMPTY-unset}"'
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "V|\n"
+
+
+def test_run_inherits_the_callers_environment_by_default() -> None:
+    done = linx_cli(
+        "run", "--", "/bin/sh", "-c", 'echo "$LINX_CLI_TEST"', env={"LINX_CLI_TEST": "x1"}
+    )
+    assert done.stdout == "x1\n", done.stderr
+
+
+def test_help_exits_0_and_run_help_documents_ns() -> None:
+    top = linx_cli("--help")
+    assert top.returncode == 0, top.stderr
+    assert "run" in top.stdout
+    run = linx_cli("run", "--help")
+    assert run.returncode == 0, run.stderr
+    assert "--ns" in run.stdout
+
+
+def test_run_without_a_command_fails_with_a_message() -> None:
+    for args in (["run"], ["run", "--"], ["run", "--ns", "pid"]):
+        done = linx_cli(*args)
+        assert done.returncode != 0, args
+        assert "no command" in done.stderr, (args, done.stderr)
+
+
+def test_run_with_a_bad_option_value_fails_with_a_message_and_no_traceback() -> None:
+    done = linx_cli("run", "--ns", "bogus", "--", "/bin/true")
+    assert done.returncode not in (0, 125), done.stderr
+    assert "bogus" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linx", "run", "--events", "--", "/bin/sleep", "60"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "Running" in line:
+                break
+        else:
+            raise AssertionError("linx run never reported Running")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert "Signaled" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

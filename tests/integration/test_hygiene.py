@@ -1,0 +1,393 @@
+"""Resource hygiene: no fd, thread or zombie is left behind, and nothing leaks into workloads.
+
+Real processes throughout. The reference point for "nothing leaked" is taken after a warm-up
+session, so the reactor thread and the launcher already exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import linx
+from linx._runtime import get_runtime
+from tests.conftest import drain, expect, pid_alive, wait_until
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _open_fds() -> dict[int, str]:
+    """This process's open fds and what they point at."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(FileNotFoundError):  # the fd of the listdir itself
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return fds
+
+
+def _thread_counts() -> tuple[int, int]:
+    return threading.active_count(), len(os.listdir("/proc/self/task"))
+
+
+def _process_table() -> dict[int, tuple[str, int]]:
+    """pid -> (state letter, ppid) for every process visible in /proc."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        table[int(name)] = (fields[0], int(fields[1]))
+    return table
+
+
+def _zombies_under(root: int) -> list[int]:
+    """Zombies among the descendants of `root` (children, agents, workloads...)."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    zombies, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if table[child][0] == "Z":
+                zombies.append(child)
+            todo.append(child)
+    return zombies
+
+
+def _zombie_children_of(*parents: int) -> list[int]:
+    return [pid for pid, (st, ppid) in _process_table().items() if st == "Z" and ppid in parents]
+
+
+def _launcher_pid() -> int:
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    return launcher.pid
+
+
+def _fd_targets(pid: int) -> dict[int, str]:
+    fds = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):
+            fds[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+    return fds
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _settled(pid: int) -> None:
+    """Wait until a just-exec'd workload blocks (in its sleep): its dynamic loader, which
+    briefly holds libc.so open on fd 3, is done by then."""
+    assert wait_until(lambda: _state(pid) == "S", timeout=5), _state(pid)
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+# --- the six endings ---------------------------------------------------------------------
+# Each ending is (start, finish): start spawns, finish drives the session to its end and
+# checks the outcome. A batch starts one of each, then finishes them, so they overlap.
+
+Start = Callable[[], linx.Session]
+Finish = Callable[[linx.Session], None]
+
+
+def _finish_exited(code: int) -> Finish:
+    def finish(session: linx.Session) -> None:
+        events = drain(session)
+        assert [type(e) for e in events] == [linx.Ready, linx.Running, linx.Exited], events
+        assert events[-1] == linx.Exited(code=code)
+        session.close()
+
+    return finish
+
+
+def _finish_signaled(session: linx.Session) -> None:
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    session.signal(signal.SIGTERM)
+    assert expect(session, linx.Signaled) == linx.Signaled(signum=signal.SIGTERM)
+    session.close()
+
+
+def _finish_aborted(session: linx.Session) -> None:
+    expect(session, linx.Ready)
+    session.abort()
+    expect(session, linx.Aborted)
+    session.close()
+
+
+def _finish_execve_failed(session: linx.Session) -> None:
+    expect(session, linx.Ready)
+    failed = expect(session, linx.Failed)
+    assert (failed.error.stage, failed.error.errno) == ("execve", 2), failed
+    session.close()
+
+
+def _finish_closed_running(session: linx.Session) -> None:
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    host_pid = session.host_pid
+    assert host_pid is not None
+    session.close()
+    assert not pid_alive(host_pid)
+
+
+ENDINGS: list[tuple[str, Start, Finish]] = [
+    (
+        "exited 0",
+        lambda: linx.spawn(["/bin/true"], namespaces=["pid"], auto_proceed=True),
+        _finish_exited(0),
+    ),
+    (
+        "exited nonzero",
+        lambda: linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True),
+        _finish_exited(3),
+    ),
+    (
+        "signaled",
+        lambda: linx.spawn(["/bin/sleep", "60"], auto_proceed=True),
+        _finish_signaled,
+    ),
+    ("aborted", lambda: linx.spawn(["/bin/sleep", "60"]), _finish_aborted),
+    (
+        "execve failed",
+        lambda: linx.spawn(["/nonexistent/linx-test-program"], auto_proceed=True),
+        _finish_execve_failed,
+    ),
+    (
+        "closed while running",
+        lambda: linx.spawn(["/bin/sleep", "60"], auto_proceed=True),
+        _finish_closed_running,
+    ),
+]
+
+
+def _run_batch() -> None:
+    started: list[tuple[linx.Session, Finish]] = []
+    try:
+        for _name, start, finish in ENDINGS:
+            started.append((start(), finish))
+        for session, finish in started:
+            finish(session)
+    finally:
+        for session, _ in started:
+            session.close()
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_thousand_sessions_with_mixed_endings_leak_no_fd_thread_or_zombie() -> None:
+    _run_batch()  # warm-up: the reactor and the launcher exist from here on
+    gc.collect()
+    time.sleep(0.2)  # the reactor closes released sockets asynchronously
+    zombies_before = set(_zombies_under(os.getpid()))  # not ours to judge: other tests'
+    fds_before = _open_fds()
+    threads_before = _thread_counts()
+    launcher = _launcher_pid()
+
+    batches = -(-1000 // len(ENDINGS))
+    for _ in range(batches):
+        _run_batch()
+    gc.collect()
+
+    # The reactor closes sockets asynchronously, so give it a moment to catch up.
+    wait_until(lambda: _open_fds() == fds_before, timeout=5)
+    fds_after = _open_fds()
+    leaked = {fd: target for fd, target in fds_after.items() if fd not in fds_before}
+    lost = {fd: target for fd, target in fds_before.items() if fd not in fds_after}
+    assert not leaked and not lost, f"fds leaked: {leaked}; fds lost: {lost}"
+    assert _thread_counts() == threads_before
+    assert _launcher_pid() == launcher, "the launcher was replaced during the run"
+
+    def new_zombies() -> set[int]:
+        return set(_zombies_under(os.getpid())) - zombies_before
+
+    wait_until(lambda: not new_zombies(), timeout=5)
+    assert new_zombies() == set()
+    assert set(_zombie_children_of(os.getpid(), launcher)) - zombies_before == set()
+
+
+def test_workload_has_only_fds_0_1_2_although_this_process_has_inheritable_fds() -> None:
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    os.set_inheritable(write_end, True)
+    pipe = os.readlink(f"/proc/self/fd/{read_end}")
+    # Replace the launcher so the new one starts while the inheritable pipe is open.
+    old = get_runtime()._launcher
+    if old is not None and old.alive:
+        os.kill(old.pid, signal.SIGKILL)
+        assert wait_until(lambda: not old.alive)
+    try:
+        with linx.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+            expect(session, linx.Ready)
+            expect(session, linx.Running)
+            host_pid = session.host_pid
+            assert host_pid is not None
+            _settled(host_pid)
+            workload_fds = _fd_targets(host_pid)
+            assert sorted(workload_fds) == [0, 1, 2], workload_fds
+            assert pipe not in workload_fds.values()
+            # Nor does the pipe reach the programs in between.
+            agent = _ppid(host_pid)
+            assert pipe not in _fd_targets(agent).values()
+            assert pipe not in _fd_targets(_launcher_pid()).values()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_workload_gets_a_passed_fd_as_stdout_and_no_other_extra_fd() -> None:
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    pipe = os.readlink(f"/proc/self/fd/{write_end}")
+    try:
+        with linx.spawn(
+            ["/bin/sleep", "60"], stdio={"stdout": write_end}, auto_proceed=True
+        ) as session:
+            expect(session, linx.Ready)
+            expect(session, linx.Running)
+            assert session.host_pid is not None
+            _settled(session.host_pid)
+            workload_fds = _fd_targets(session.host_pid)
+            assert sorted(workload_fds) == [0, 1, 2], workload_fds
+            assert workload_fds[1] == pipe
+            assert workload_fds[0] != pipe and workload_fds[2] != pipe
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _signal_set(pid: int, field: str) -> set[int]:
+    """The signals in a /proc/<pid>/status mask line (SigIgn, SigBlk...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            mask = int(line.split()[1], 16)
+            return {n + 1 for n in range(64) if mask >> n & 1}
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_workload_starts_with_no_ignored_or_blocked_signal() -> None:
+    # Python itself ignores SIGPIPE and SIGXFSZ; the launcher is started with posix_spawn.
+    assert {signal.SIGPIPE, signal.SIGXFSZ} <= _signal_set(os.getpid(), "SigIgn")
+    with linx.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+        expect(session, linx.Ready)
+        expect(session, linx.Running)
+        assert session.host_pid is not None
+        _settled(session.host_pid)
+        assert _signal_set(session.host_pid, "SigIgn") == set()
+        assert _signal_set(session.host_pid, "SigBlk") == set()
+
+
+def _forked_child_checks(
+    parked: linx.Session, running: linx.Session, parent_launcher: int, report: int
+) -> int:
+    """Runs in the forked child; returns its exit status (0: every check passed)."""
+
+    def say(message: str) -> None:
+        os.write(report, message.encode() + b"\n")
+
+    for name, session in (("parked", parked), ("running", running)):
+        verbs: list[tuple[str, Callable[[], object]]] = [
+            ("wait", lambda s=session: s.wait(timeout=1)),  # type: ignore[misc]
+            ("info", session.info),
+            ("proceed", session.proceed),
+            ("abort", session.abort),
+            ("signal", lambda s=session: s.signal(signal.SIGKILL)),  # type: ignore[misc]
+        ]
+        for verb, call in verbs:
+            try:
+                call()
+            except linx.NoProcess:
+                continue
+            except BaseException as exc:
+                say(f"{name}.{verb}() in the child raised {exc!r}, not NoProcess")
+                return 2
+            say(f"{name}.{verb}() in the child did not raise NoProcess")
+            return 3
+    with linx.spawn(["/bin/sh", "-c", "exit 0"], auto_proceed=True) as own:
+        outcome = own.wait(timeout=10)
+    if outcome != linx.Exited(code=0):
+        say(f"the child's own session ended with {outcome!r}")
+        return 4
+    launcher = _launcher_pid()
+    if launcher == parent_launcher or _ppid(launcher) != os.getpid():
+        say(f"the child uses launcher {launcher}, not one of its own")
+        return 5
+    return 0
+
+
+def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected() -> None:
+    go_read, go_write = os.pipe()
+    parked = linx.spawn(["/bin/sh", "-c", "exit 0"])
+    running = linx.spawn(["/bin/sh", "-c", "read line; exit 3"], stdio={"stdin": go_read})
+    os.close(go_read)
+    try:
+        expect(parked, linx.Ready)
+        expect(running, linx.Ready)
+        running.proceed()
+        expect(running, linx.Running)
+        parent_launcher = _launcher_pid()
+        report_read, report_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            status = 1
+            try:
+                status = _forked_child_checks(parked, running, parent_launcher, report_write)
+            except BaseException as exc:
+                os.write(report_write, f"the child raised {exc!r}\n".encode())
+            finally:
+                os._exit(status)
+        os.close(report_write)
+        _, wait_status = os.waitpid(pid, 0)
+        with os.fdopen(report_read) as report:
+            message = report.read()
+        assert os.waitstatus_to_exitcode(wait_status) == 0, message
+
+        # The parent's sessions did not notice: the parked one still parks, the running one runs.
+        assert parked.info().stage == linx.Stage.READY
+        assert running.info().stage == linx.Stage.RUNNING
+        assert _launcher_pid() == parent_launcher
+        parked.proceed()
+        assert parked.wait(timeout=10) == linx.Exited(code=0)
+        os.write(go_write, b"go\n")  # the shell reads its line and exits 3
+        assert running.wait(timeout=10) == linx.Exited(code=3)
+    finally:
+        os.close(go_write)
+        parked.close()
+        running.close()
+
+
+def test_dropped_session_kills_its_running_workload() -> None:
+    session = linx.spawn(["/bin/sleep", "60"], auto_proceed=True)
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    host_pid = session.host_pid
+    assert host_pid is not None
+    try:
+        assert pid_alive(host_pid)
+        del session  # the events held a reference too; they are gone with the queue
+        gc.collect()
+        assert wait_until(lambda: not pid_alive(host_pid), timeout=5), (
+            "a dropped session's workload is still running"
+        )
+    finally:
+        if pid_alive(host_pid):
+            os.kill(host_pid, signal.SIGKILL)

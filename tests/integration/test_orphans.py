@@ -1,0 +1,174 @@
+"""Orphans: what happens to workloads when their Python process, session or launcher goes away."""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import linx
+from linx._runtime import get_runtime
+from tests.conftest import ROOT, expect, pid_alive, wait_until
+
+# A Python process that starts three running workloads, prints their host pids, then waits
+# to be killed. argv[1] is the orphan policy: "default" or "linger".
+OWNER_PROGRAM = textwrap.dedent(
+    """
+    import sys, time
+    import linx
+
+    options = {} if sys.argv[1] == "default" else {"orphan_policy": sys.argv[1]}
+    sessions = [linx.spawn(["/bin/sleep", "60"], auto_proceed=True, **options) for _ in range(3)]
+    for session in sessions:
+        for expected in (linx.Ready, linx.Running):
+            event = session.events.get(timeout=10)
+            assert isinstance(event, expected), event
+    print(" ".join(str(s.host_pid) for s in sessions), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "the owner process printed nothing"
+    line = proc.stdout.readline()
+    assert line, f"the owner process ended early: {proc.stderr.read() if proc.stderr else ''}"
+    return line
+
+
+@pytest.fixture
+def owner_process() -> Iterator[list[subprocess.Popen[str]]]:
+    """Starts OWNER_PROGRAM processes; kills whatever is left of them (and their pids)."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _start_owner(procs: list[subprocess.Popen[str]], policy: str) -> list[int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OWNER_PROGRAM, policy],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    procs.append(proc)
+    pids = [int(p) for p in _read_line(proc).split()]
+    assert len(pids) == 3 and all(pid_alive(p) for p in pids)
+    return pids
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_sigkilled_python_process_takes_its_workloads_with_it(
+    owner_process: list[subprocess.Popen[str]],
+) -> None:
+    pids = _start_owner(owner_process, "default")
+    try:
+        owner_process[0].kill()
+        owner_process[0].wait()
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5), (
+            f"still running after their Python process died: {[p for p in pids if pid_alive(p)]}"
+        )
+    finally:
+        _kill_all(pids)
+
+
+def test_linger_policy_keeps_workloads_running_after_python_process_dies(
+    owner_process: list[subprocess.Popen[str]],
+) -> None:
+    pids = _start_owner(owner_process, "linger")
+    try:
+        owner_process[0].kill()
+        owner_process[0].wait()
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert all(pid_alive(p) for p in pids), "a lingering workload died with its owner"
+            time.sleep(0.05)
+        _kill_all(pids)
+        # Their agents stayed to reap them: no zombie is left.
+        assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=5)
+    finally:
+        _kill_all(pids)
+
+
+def test_kill_policy_grace_ends_with_sigkill_for_a_workload_that_survives_sigterm(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "terms"
+    # The shell notes each SIGTERM and carries on; it is pid 1 of its own pid namespace,
+    # so when SIGKILL ends it the kernel ends its `sleep` children too.
+    script = f'trap "echo term >> {log}" TERM; while :; do sleep 0.05; done'
+    session = linx.spawn(
+        ["/bin/sh", "-c", script],
+        namespaces=["pid"],
+        orphan_policy=("kill", 0.5),
+        auto_proceed=True,
+    )
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    host_pid = session.host_pid
+    assert host_pid is not None
+    try:
+        dropped = time.monotonic()
+        del session
+        gc.collect()
+        assert wait_until(lambda: log.exists() and "term" in log.read_text(), timeout=3), (
+            "the orphaned workload never got SIGTERM"
+        )
+        assert pid_alive(host_pid), "the workload died before the grace ran out"
+        assert wait_until(lambda: not pid_alive(host_pid), timeout=5)
+        died_after = time.monotonic() - dropped
+        # Killed after the 0.5 s grace, and well before the default 5 s one.
+        assert 0.45 <= died_after < 3.0, died_after
+    finally:
+        _kill_all([host_pid])
+
+
+def test_sigkilled_launcher_leaves_running_sessions_alone_and_is_replaced() -> None:
+    with (
+        linx.spawn(["/bin/sh", "-c", "read line; exit 4"], stdio="devnull") as parked,
+        linx.spawn(["/bin/sh", "-c", "sleep 0.5; exit 5"], auto_proceed=True) as running,
+    ):
+        expect(parked, linx.Ready)
+        expect(running, linx.Ready)
+        expect(running, linx.Running)
+        launcher = get_runtime()._launcher
+        assert launcher is not None
+        os.kill(launcher.pid, signal.SIGKILL)
+        assert wait_until(lambda: not launcher.alive), "linx did not notice its launcher died"
+        # linx reaped it: no zombie launcher left behind.
+        assert wait_until(lambda: not Path(f"/proc/{launcher.pid}").exists(), timeout=5)
+
+        assert running.wait(timeout=10) == linx.Exited(code=5)
+        parked.proceed()
+        assert parked.wait(timeout=10) == linx.Exited(code=4)
+
+    with linx.spawn(["/bin/sh", "-c", "exit 6"], auto_proceed=True) as after:
+        assert after.wait(timeout=10) == linx.Exited(code=6)
+    replacement = get_runtime()._launcher
+    assert replacement is not None and replacement.alive
+    assert replacement.pid != launcher.pid

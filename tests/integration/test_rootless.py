@@ -1,0 +1,114 @@
+"""Unprivileged use: a user namespace makes root inside possible; without one, clone is refused.
+
+These run linx in a fresh interpreter as uid/gid 65534 (nobody), from this checkout.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from linx._launcher import agent_path
+from tests.conftest import ROOT, run_python
+
+NOBODY = 65534
+
+
+def _runs_as_nobody(python: str) -> bool:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            capture_output=True,
+            timeout=30,
+            cwd="/",
+        )
+    except (PermissionError, FileNotFoundError):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture
+def nobody_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `run_python(user=NOBODY)` work: it needs an interpreter nobody may execute.
+
+    The test venv may live under a directory only root can enter (/root/.pyenv); then a
+    system Python 3.11+ is used instead (linx has no dependencies, the checkout is on
+    PYTHONPATH).
+    """
+    if _runs_as_nobody(sys.executable):
+        return
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
+        if candidate and _runs_as_nobody(candidate):
+            monkeypatch.setattr(sys, "executable", candidate)
+            return
+    pytest.skip(f"no Python >= 3.11 that uid {NOBODY} may run ({sys.executable} is not)")
+
+
+def test_checkout_and_agent_are_usable_by_an_unprivileged_user() -> None:
+    agent = Path(agent_path())
+    assert agent.stat().st_mode & stat.S_IXOTH, f"{agent} is not world-executable"
+    inside = [p for p in agent.parents if p.is_relative_to(ROOT)]
+    for path in [*inside, *(ROOT / "src" / "linx").rglob("*")]:
+        needed = stat.S_IXOTH if path.is_dir() else stat.S_IROTH
+        assert path.stat().st_mode & needed, f"{path} is not accessible to other users"
+
+
+def test_unprivileged_user_namespace_spawn_runs_workload_as_root_inside(
+    nobody_python: None,
+) -> None:
+    done = run_python(
+        f"""
+        import json, os, linx
+        session = linx.spawn(
+            ["/bin/sh", "-c", "id -u; id -g"],
+            namespaces=["user", "pid", "mount", "uts"],
+            uid_map=[(0, {NOBODY}, 1)],
+            gid_map=[(0, {NOBODY}, 1)],
+            uid=0,
+            gid=0,
+            auto_proceed=True,
+        )
+        with session:
+            outcome = session.wait(timeout=20)
+        print(json.dumps({{"me": os.getuid(), "outcome": repr(outcome)}}))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["0", "0"], done.stdout  # the workload's uid and gid inside
+    report = json.loads(lines[-1])
+    assert report == {"me": NOBODY, "outcome": "Exited(code=0)"}
+
+
+def test_unprivileged_user_cannot_create_a_net_namespace_without_a_user_namespace(
+    nobody_python: None,
+) -> None:
+    done = run_python(
+        """
+        import json, linx
+        session = linx.spawn(["/bin/true"], namespaces=["net"], auto_proceed=True)
+        with session:
+            try:
+                outcome = session.wait(timeout=20)
+            except linx.ProcessError as exc:
+                result = {"stage": exc.stage, "errno": exc.errno}
+            else:
+                result = {"outcome": repr(outcome)}
+        print(json.dumps(result))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result == {"stage": "clone", "errno": errno.EPERM}, result
