@@ -257,6 +257,9 @@ class Channel:
             result = self.state.result if events and self.state.terminal else None
             if result is not None:
                 self.exit_reason = exit_reason(result)
+                # Without linger the session is released the moment it is terminal: an owner
+                # that looks at it on the terminal event already sees it closed.
+                self.closed = self.closed or not self._linger
         if not events:
             return
         if self._session_ref() is None:
@@ -265,9 +268,6 @@ class Channel:
         deliver_all(deliver, events)
         if result is not None:
             self.outcome.set_result(result)
-            if not self._linger:
-                with self._lock:
-                    self.closed = True
 
     def _close_socket(self) -> None:
         with self._lock:

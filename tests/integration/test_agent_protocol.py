@@ -1,0 +1,173 @@
+"""The agent on its own: malformed and oversized input over a raw session channel.
+
+These drive `linx-agent --agent` directly with hand-made frames (docs/protocol.md), the way a
+buggy or hostile peer would: every bad input gets its transport stage and errno, the agent
+exits, and no process is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+
+from linx import _launcher, _wire
+from tests.conftest import pid_alive, run_python, wait_until
+
+
+class RawAgent:
+    """One `linx-agent --agent` with its session socket on fd 3."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+        path = _launcher.agent_path()
+        self.pid = os.posix_spawn(
+            path,
+            [path, "--agent"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, high, 3),
+            ],
+        )
+        os.close(high)
+        theirs.close()
+        self.sock = ours
+        self.reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
+        self.status: int | None = None
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent may refuse before reading it all; its answer is still there
+
+    def messages(self, timeout: float = 10.0) -> list[_wire.Message]:
+        """Everything the agent says until it closes the channel."""
+        self.sock.settimeout(timeout)
+        out: list[_wire.Message] = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                return out
+            out += self.reader.feed(data)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.status is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.status = os.waitstatus_to_exitcode(status)
+
+
+@pytest.fixture
+def agent() -> Iterator[RawAgent]:
+    raw = RawAgent()
+    yield raw
+    raw.close()
+    assert raw.status == 0, f"the agent ended with status {raw.status}"
+
+
+def _spawn(**fields: object) -> bytes:
+    base: dict[str, object] = {"version": 1, "argv": (b"/bin/true",), "env": ()}
+    base.update(fields)
+    return _wire.encode(_wire.Spawn(**base))  # type: ignore[arg-type]
+
+
+def _error(messages: list[_wire.Message]) -> tuple[str, int]:
+    assert messages, "the agent said nothing"
+    last = messages[-1]
+    assert isinstance(last, _wire.Error), messages
+    return last.stage.decode(), last.errno
+
+
+def test_garbage_request_is_malformed_request_einval(agent: RawAgent) -> None:
+    body = struct.pack("<H", _wire.Spawn.TYPE) + b"\xff\xff\x01\x00\x00\x00"
+    agent.send(struct.pack("<I", len(body)) + body)
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_wrong_protocol_version_is_malformed_request(agent: RawAgent) -> None:
+    agent.send(_spawn(version=2))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_a_command_as_first_frame_is_malformed_request(agent: RawAgent) -> None:
+    agent.send(_wire.encode(_wire.Proceed()))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_nul_inside_argv_is_malformed_request(agent: RawAgent) -> None:
+    agent.send(_spawn(argv=(b"/bin/tr\0ue",)))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_stdio_fd_index_without_fds_is_malformed_request(agent: RawAgent) -> None:
+    agent.send(_spawn(stdout=_wire.stdio_fd(5)))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_request_over_the_cap_is_refused_from_its_header(agent: RawAgent) -> None:
+    agent.send(struct.pack("<IH", _wire.MAX_REQUEST + 1, _wire.Spawn.TYPE))
+    assert _error(agent.messages()) == ("request_too_big", errno.EMSGSIZE)
+
+
+def test_frame_length_below_two_is_malformed_request(agent: RawAgent) -> None:
+    agent.send(struct.pack("<I", 1) + b"x")
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_command_over_the_cap_tears_the_session_down(agent: RawAgent) -> None:
+    agent.send(_spawn(argv=(b"/bin/sleep", b"30")))
+    agent.sock.settimeout(10)
+    ready: list[_wire.Message] = []
+    while not any(isinstance(m, _wire.Ready) for m in ready):
+        ready += agent.reader.feed(agent.sock.recv(65536))
+    host_pid = next(m.host_pid for m in ready if isinstance(m, _wire.Ready))
+    agent.send(struct.pack("<IH", _wire.MAX_COMMAND + 1, _wire.Signal.TYPE))
+    assert _error(agent.messages()) == ("command_too_big", errno.EMSGSIZE)
+    assert wait_until(lambda: not pid_alive(host_pid), 5)
+
+
+def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) -> None:
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"exit 4")))
+    agent.send(struct.pack("<IH", 2, 0x0777))
+    messages = agent.messages()
+    notices = [m for m in messages if isinstance(m, _wire.Notice)]
+    assert notices and notices[0].stage == b"malformed_command"
+    assert messages[-1] == _wire.Exited(code=4)
+
+
+def test_eof_before_a_whole_request_ends_the_agent_quietly(agent: RawAgent) -> None:
+    agent.send(_spawn()[:7])
+    agent.sock.shutdown(socket.SHUT_WR)
+    assert agent.messages() == []
+
+
+def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
+    result = run_python(
+        """
+        import linx
+        s = linx.spawn(["/bin/true"], namespaces=list(linx.Namespace),
+                       uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)])
+        ready = s.events.get(timeout=10)
+        assert isinstance(ready, linx.Ready), ready
+        for name in ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time"):
+            import os
+            assert os.readlink(f"/proc/{ready.host_pid}/ns/{name}") != os.readlink(
+                f"/proc/self/ns/{name}"), name
+        s.proceed()
+        print(s.wait(10))
+        """,
+        env={"LINX_AGENT_NO_CLONE3": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Exited(code=0)"

@@ -1,0 +1,240 @@
+"""Failures: pre-exec stages, host-side connects, a dead agent, oversized requests."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import linx
+from tests.conftest import drain, expect, no_more_events, pid_alive, run_python, wait_until
+
+Factory = Callable[..., linx.Session]
+
+
+def assert_process_error(error: BaseException, stage: str, code: int) -> None:
+    assert isinstance(error, linx.ProcessError)
+    assert isinstance(error, OSError)
+    assert error.stage == stage
+    assert error.errno == code
+    assert error.code == code
+    name = errno.errorcode[code]
+    assert error.errno_name == name
+    assert str(error) == f"process {stage} failed: {name} (errno {code})"
+
+
+def fail_after_proceed(session: linx.Session) -> tuple[linx.Ready, linx.Failed]:
+    """Proceed a session whose pre-exec steps fail: Ready, then Failed, and no Running."""
+    ready = expect(session, linx.Ready)
+    session.proceed()
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed], f"expected only Failed, got {events}"
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert failed.session is session
+    assert no_more_events(session)
+    return ready, failed
+
+
+# --- pre-exec stages ------------------------------------------------------------------------
+
+
+def test_execve_of_a_missing_path_fails_at_stage_execve_without_running(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/nonexistent/linx-test-binary"])
+    _, failed = fail_after_proceed(session)
+    assert_process_error(failed.error, "execve", errno.ENOENT)
+    assert str(failed.error) == "process execve failed: ENOENT (errno 2)"
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=10)
+    assert_process_error(raised.value, "execve", errno.ENOENT)
+    assert str(raised.value) == "process execve failed: ENOENT (errno 2)"
+    with pytest.raises(OSError):  # catchable as the OSError it is
+        session.wait(timeout=10)
+    info = session.info()
+    assert info.stage == linx.Stage.ERRORED
+    assert info.result == failed.error
+
+
+def test_execve_of_a_non_executable_file_fails_with_eacces(
+    session_factory: Factory, tmp_path: Path
+) -> None:
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    session = session_factory([str(script)])
+    _, failed = fail_after_proceed(session)
+    assert_process_error(failed.error, "execve", errno.EACCES)
+
+
+def test_missing_cwd_fails_at_stage_chdir(session_factory: Factory, tmp_path: Path) -> None:
+    session = session_factory(["/bin/true"], cwd=tmp_path / "missing")
+    _, failed = fail_after_proceed(session)
+    assert_process_error(failed.error, "chdir", errno.ENOENT)
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=10)
+    assert_process_error(raised.value, "chdir", errno.ENOENT)
+
+
+@pytest.mark.parametrize("stage", ["execve", "chdir"])
+def test_a_pre_exec_failure_leaves_no_zombie_and_no_process(
+    session_factory: Factory, tmp_path: Path, stage: str
+) -> None:
+    if stage == "execve":
+        session = session_factory(["/nonexistent/linx-test-binary"])
+    else:
+        session = session_factory(["/bin/true"], cwd=tmp_path / "missing")
+    ready, failed = fail_after_proceed(session)
+    assert failed.error.stage == stage
+    # Reaped before the failure was reported: not even a zombie is left.
+    assert not os.path.exists(f"/proc/{ready.host_pid}")
+    agent = session._channel.state.agent_pid
+    assert agent is not None
+    children = Path(f"/proc/{agent}/task/{agent}/children")
+    assert wait_until(lambda: not children.exists() or children.read_text().strip() == "")
+
+
+# --- host-side connect_unix -------------------------------------------------------------------
+
+
+def test_connect_unix_to_a_missing_path_fails_before_any_process(session_factory: Factory) -> None:
+    path = os.path.join(tempfile.mkdtemp(prefix="linx-", dir="/tmp"), "nobody-listens")
+    session = session_factory(["/bin/true"], stdio={"stdout": ("connect_unix", path)})
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed]  # no Ready
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "connect_unix", errno.ENOENT)
+    assert no_more_events(session)
+    assert session.host_pid is None  # nothing was cloned
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=10)
+    assert_process_error(raised.value, "connect_unix", errno.ENOENT)
+    os.rmdir(os.path.dirname(path))
+
+
+def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(session_factory: Factory) -> None:
+    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
+    path = os.path.join(directory, "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
+        bound.bind(path)  # bound, never listening
+        session = session_factory(["/bin/true"], stdio={"stderr": ("connect_unix", path)})
+        events = drain(session)
+    os.unlink(path)
+    os.rmdir(directory)
+    assert [type(e) for e in events] == [linx.Failed]
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "connect_unix", errno.ECONNREFUSED)
+
+
+def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
+    session_factory: Factory,
+) -> None:
+    path = "/tmp/" + "x" * 195  # 200 characters: more than sun_path holds
+    assert len(path) == 200
+    session = session_factory(["/bin/true"], stdio={"stdin": ("connect_unix", path)})
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed]  # no Ready
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "connect_unix", errno.ENAMETOOLONG)
+    assert no_more_events(session)
+    assert session.host_pid is None
+
+
+# --- the agent dies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["parked", "running"])
+def test_killing_the_agent_fails_with_agent_died_and_takes_the_workload(
+    session_factory: Factory, when: str
+) -> None:
+    session = session_factory(["/bin/sleep", "30"], namespaces=["pid"])
+    ready = expect(session, linx.Ready)
+    if when == "running":
+        session.proceed()
+        expect(session, linx.Running)
+    agent = session._channel.state.agent_pid
+    assert agent is not None and agent != ready.host_pid
+    assert pid_alive(agent) and pid_alive(ready.host_pid)
+    os.kill(agent, signal.SIGKILL)
+    failed = expect(session, linx.Failed)
+    error = failed.error
+    assert isinstance(error, linx.ProcessError)
+    assert error.stage == "agent_died"
+    assert error.errno is None
+    assert error.code == -signal.SIGKILL
+    assert str(error) == "process agent died: killed by signal 9"
+    assert no_more_events(session)
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=10)
+    assert (raised.value.stage, raised.value.errno, raised.value.code) == ("agent_died", None, -9)
+    assert session.info().stage == linx.Stage.ERRORED
+    # PR_SET_PDEATHSIG: the workload does not outlive its agent.
+    assert wait_until(lambda: not pid_alive(ready.host_pid))
+    with pytest.raises(linx.NoProcess):
+        session.signal(signal.SIGTERM)
+
+
+# --- request size -------------------------------------------------------------------------------
+
+
+def test_a_request_of_several_mib_spawns() -> None:
+    # 40 x 100 KiB of argv (each string under the kernel's 128 KiB limit): about 4 MiB,
+    # which execve accepts once RLIMIT_STACK allows it (a quarter of the stack, at most 6 MiB).
+    result = run_python(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_STACK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        import linx
+        argv = ["/bin/true"] + ["%02d" % i + "x" * (100 * 1024 - 2) for i in range(40)]
+        with linx.spawn(argv, env={"BIG": "y" * (100 * 1024)}, auto_proceed=True) as s:
+            events = [s.events.get(timeout=30) for _ in range(3)]
+            print([type(e).__name__ for e in events], s.wait(timeout=30))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['Ready', 'Running', 'Exited'] Exited(code=0)"
+
+
+def test_a_several_mib_argv_at_the_default_stack_limit_is_refused_by_execve() -> None:
+    # The same request under an 8 MiB stack: linx carries it, the kernel refuses it.
+    result = run_python(
+        """
+        import resource
+        resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, resource.RLIM_INFINITY))
+        import linx
+        argv = ["/bin/true"] + ["x" * (100 * 1024)] * 40
+        with linx.spawn(argv, auto_proceed=True) as s:
+            try:
+                s.wait(timeout=30)
+            except linx.ProcessError as e:
+                print(e.stage, e.errno_name)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "execve E2BIG"
+
+
+def test_a_request_beyond_the_64_mib_cap_fails_with_request_too_big(
+    session_factory: Factory,
+) -> None:
+    chunk = "x" * (100 * 1024)
+    argv = ["/bin/true"] + [chunk] * 660  # 660 x 100 KiB > 64 MiB
+    session = session_factory(argv)
+    del argv
+    events = drain(session, timeout=30)
+    assert [type(e) for e in events] == [linx.Failed]  # no Ready
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "request_too_big", errno.EMSGSIZE)
+    assert session.host_pid is None
+    assert no_more_events(session)

@@ -1,0 +1,675 @@
+"""The session lifecycle against real processes: the per-stage table, endings, owners, close.
+
+Nothing is mocked: every test clones a real child through a real agent. Where a test needs
+the session to be provably *before* `Ready`, it stalls the agent in a host-side
+`connect_unix` on a listener whose backlog is full (see `stalled_listener`), so no timing
+assumption is involved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import linx
+from tests.conftest import drain, expect, next_event, no_more_events, pid_alive, wait_until
+
+Factory = Callable[..., linx.Session]
+
+
+class Stall:
+    """A unix socket path whose `connect()` blocks until `release()`."""
+
+    def __init__(self, path: str, server: socket.socket) -> None:
+        self.path = path
+        self._server = server
+        self._held: list[socket.socket] = []
+
+    def release(self) -> socket.socket:
+        """Unblock the stalled connect and return the server side of that connection."""
+        filler, _ = self._server.accept()  # frees the one backlog slot...
+        self._held.append(filler)
+        self._server.settimeout(10.0)
+        conn, _ = self._server.accept()  # ...so the agent's connect completes
+        self._held.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for sock in self._held:
+            sock.close()
+        self._server.close()
+
+
+@contextlib.contextmanager
+def stalled_listener() -> Iterator[Stall]:
+    """A listening AF_UNIX socket with a full backlog: `connect()` to it blocks.
+
+    With `stdio={"stdout": ("connect_unix", stall.path)}` the agent blocks in its host-side
+    connect before it clones, so the session provably stays at `starting` (no `Spawned`,
+    no `Ready`) until the test calls `stall.release()`.
+    """
+    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
+    path = os.path.join(directory, "s")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    clients: list[socket.socket] = []
+    try:
+        server.bind(path)
+        server.listen(0)  # room for exactly one pending connection
+        for _ in range(8):  # fill the backlog, proving it is full with a refused probe
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            clients.append(client)
+            try:
+                client.connect(path)
+            except BlockingIOError:
+                break
+        else:
+            pytest.fail("could not fill the listener's backlog")
+        stall = Stall(path, server)
+        try:
+            yield stall
+        finally:
+            stall.close()
+    finally:
+        server.close()
+        for client in clients:
+            client.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class Gate:
+    """A pipe for a workload's stdin: `read` blocks in the workload until `open()`."""
+
+    def __init__(self) -> None:
+        self.stdin, self._write = os.pipe()
+
+    def open(self) -> None:
+        if self._write >= 0:
+            os.close(self._write)
+            self._write = -1
+
+    def close(self) -> None:
+        self.open()
+        os.close(self.stdin)
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.close()
+
+
+def marker_workload(marker: Path) -> list[str]:
+    """A workload whose only effect is creating `marker`: proof that it ran."""
+    return ["/bin/sh", "-c", f"touch {marker}"]
+
+
+# --- the per-stage table --------------------------------------------------------------
+
+
+def test_proceed_before_ready_raises_not_ready(session_factory: Factory) -> None:
+    with stalled_listener() as stall:
+        session = session_factory(
+            ["/bin/sh", "-c", "echo hi"], stdio={"stdout": ("connect_unix", stall.path)}
+        )
+        info = session.info()
+        assert info.stage == linx.Stage.STARTING
+        assert info.host_pid is None
+        assert session.host_pid is None
+        with pytest.raises(linx.NotReady):
+            session.proceed()
+        # The refused proceed changed nothing: the child still reaches the checkpoint.
+        conn = stall.release()
+        expect(session, linx.Ready)
+        session.proceed()
+        expect(session, linx.Running)
+        assert expect(session, linx.Exited).code == 0
+        conn.settimeout(10.0)
+        assert conn.recv(100) == b"hi\n"
+
+
+def test_proceed_twice_raises_already_running(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sleep", "30"])
+    expect(session, linx.Ready)
+    session.proceed()
+    with pytest.raises(linx.AlreadyRunning):  # proceeded, not yet running
+        session.proceed()
+    expect(session, linx.Running)
+    with pytest.raises(linx.AlreadyRunning):  # running
+        session.proceed()
+    assert session.info().stage == linx.Stage.RUNNING
+
+
+def test_abort_at_ready_gives_aborted_and_the_workload_never_runs(
+    session_factory: Factory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    session = session_factory(marker_workload(marker))
+    ready = expect(session, linx.Ready)
+    session.abort()
+    assert isinstance(next_event(session), linx.Aborted)
+    assert session.wait(timeout=10) == linx.Aborted()
+    assert no_more_events(session)
+    assert not marker.exists()
+    assert not pid_alive(ready.host_pid)
+    info = session.info()
+    assert info.stage == linx.Stage.ABORTED
+    assert info.result == linx.Aborted()
+
+
+def test_abort_before_ready_is_buffered_and_fires_at_ready(
+    session_factory: Factory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    with stalled_listener() as stall:
+        session = session_factory(
+            marker_workload(marker), stdio={"stdout": ("connect_unix", stall.path)}
+        )
+        session.abort()  # the agent is stuck before the clone: this must be buffered
+        assert session.info().stage == linx.Stage.STARTING
+        session.abort()  # a second buffered abort is harmless
+        stall.release()
+        events = drain(session)
+    assert [type(e) for e in events] == [linx.Ready, linx.Aborted]
+    assert no_more_events(session)
+    assert session.wait(timeout=10) == linx.Aborted()
+    assert not marker.exists()
+    ready = events[0]
+    assert isinstance(ready, linx.Ready)
+    assert not pid_alive(ready.host_pid)
+
+
+def test_abort_once_proceeded_raises_already_running(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sleep", "30"])
+    expect(session, linx.Ready)
+    session.proceed()
+    with pytest.raises(linx.AlreadyRunning):  # proceeded, not yet running
+        session.abort()
+    expect(session, linx.Running)
+    with pytest.raises(linx.AlreadyRunning):  # running
+        session.abort()
+    # The refused abort did not touch the workload.
+    assert no_more_events(session)
+    assert session.host_pid is not None and pid_alive(session.host_pid)
+    session.signal(signal.SIGKILL)
+    assert expect(session, linx.Signaled).signum == signal.SIGKILL
+
+
+def test_signal_before_proceed_is_delivered_at_running(session_factory: Factory) -> None:
+    # No pid namespace: a pid-namespace init ignores SIGTERM without a handler.
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    session.signal(signal.SIGTERM)
+    # Buffered, not delivered to the parked child: it is still there and nothing happened.
+    assert no_more_events(session, within=0.2)
+    assert pid_alive(ready.host_pid)
+    session.proceed()
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Running, linx.Signaled]
+    assert events[-1] == linx.Signaled(signum=signal.SIGTERM)
+    assert session.wait(timeout=10) == linx.Signaled(signum=signal.SIGTERM)
+
+
+def test_signal_before_ready_is_delivered_at_running(session_factory: Factory) -> None:
+    with stalled_listener() as stall:
+        session = session_factory(
+            ["/bin/sleep", "30"], stdio={"stdout": ("connect_unix", stall.path)}
+        )
+        session.signal(signal.SIGTERM)
+        assert session.info().stage == linx.Stage.STARTING
+        stall.release()
+        ready = expect(session, linx.Ready)
+        assert no_more_events(session, within=0.2)
+        assert pid_alive(ready.host_pid)
+        session.proceed()
+        events = drain(session)
+    assert [type(e) for e in events] == [linx.Running, linx.Signaled]
+    assert events[-1] == linx.Signaled(signum=signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
+    ids=["SIGINT-then-SIGTERM", "SIGTERM-then-SIGINT"],
+)
+def test_buffered_signals_are_delivered_in_the_order_sent(
+    session_factory: Factory, first: signal.Signals, second: signal.Signals
+) -> None:
+    # The kernel lets the first fatal signal decide the death signal (the group exit it
+    # starts drops the later one), so the outcome names whichever was delivered first.
+    # Delivered in the other order, each case would end with the other signal.
+    session = session_factory(["/bin/sleep", "30"])
+    expect(session, linx.Ready)
+    session.signal(first)
+    session.signal(second)
+    session.proceed()
+    expect(session, linx.Running)
+    assert expect(session, linx.Signaled).signum == first
+
+
+# --- endings ------------------------------------------------------------------------------
+
+
+def test_exactly_one_terminal_event_and_none_after(session_factory: Factory) -> None:
+    session = session_factory(["/bin/true"])
+    expect(session, linx.Ready)
+    session.proceed()
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Running, linx.Exited]
+    assert all(e.session is session for e in events)
+    assert no_more_events(session)
+    # Verbs that fail after the end produce no event either.
+    with pytest.raises(linx.NoProcess):
+        session.signal(signal.SIGTERM)
+    assert no_more_events(session, within=0.1)
+
+
+@pytest.mark.parametrize("ending", ["exited", "signaled", "aborted", "errored"])
+def test_info_stage_walks_the_lifecycle_to_each_kind_of_ending(
+    session_factory: Factory, gate: Gate, ending: str
+) -> None:
+    argv = {
+        "exited": ["/bin/sh", "-c", "read line; exit 5"],  # exits when the gate opens
+        "signaled": ["/bin/sleep", "30"],
+        "aborted": ["/bin/true"],
+        "errored": ["/nonexistent/linx-test-binary"],
+    }[ending]
+    session = session_factory(argv, stdio={"stdin": gate.stdin})
+    assert session.info().stage in (linx.Stage.STARTING, linx.Stage.SPAWNED, linx.Stage.READY)
+    ready = expect(session, linx.Ready)
+    info = session.info()
+    assert (info.stage, info.host_pid, info.result) == (linx.Stage.READY, ready.host_pid, None)
+    assert info.mode == "spawn" and info.pty is False
+    if ending == "aborted":
+        session.abort()
+        outcome: object = expect(session, linx.Aborted)
+        assert outcome == linx.Aborted()
+    else:
+        session.proceed()
+        if ending == "errored":
+            failed = expect(session, linx.Failed)
+            outcome = failed.error
+            assert failed.error.stage == "execve"
+        else:
+            expect(session, linx.Running)
+            assert session.info().stage == linx.Stage.RUNNING
+            if ending == "signaled":
+                session.signal(signal.SIGKILL)
+                outcome = expect(session, linx.Signaled)
+                assert outcome == linx.Signaled(signum=signal.SIGKILL)
+            else:
+                gate.open()
+                outcome = expect(session, linx.Exited)
+                assert outcome == linx.Exited(code=5)
+    assert no_more_events(session)
+    info = session.info()
+    assert info.stage == linx.Stage(ending)
+    assert info.result == outcome
+    assert info.host_pid == ready.host_pid
+
+
+def test_wait_from_eight_threads_all_get_the_same_outcome(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 7"])
+    expect(session, linx.Ready)
+    results: list[object] = []
+    lock = threading.Lock()
+    waiting = threading.Barrier(9)
+
+    def waiter() -> None:
+        waiting.wait()
+        result = session.wait(timeout=20)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=waiter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    waiting.wait()  # every thread is about to wait on the parked session
+    session.proceed()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert results == [linx.Exited(code=7)] * 8
+
+
+def test_wait_from_eight_threads_all_raise_the_same_process_error(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/nonexistent/linx-test-binary"])
+    expect(session, linx.Ready)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    waiting = threading.Barrier(9)
+
+    def waiter() -> None:
+        waiting.wait()
+        try:
+            session.wait(timeout=20)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    waiting.wait()
+    session.proceed()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive()
+    assert len(errors) == 8
+    for error in errors:
+        assert isinstance(error, linx.ProcessError)
+        assert (error.stage, error.errno) == ("execve", 2)
+
+
+def test_wait_timeout_on_a_parked_session_raises_and_leaves_it_usable(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 4"])
+    expect(session, linx.Ready)
+    with pytest.raises(TimeoutError):
+        session.wait(timeout=0.2)
+    assert session.info().stage == linx.Stage.READY
+    assert no_more_events(session, within=0.1)
+    session.proceed()
+    expect(session, linx.Running)
+    assert session.wait(timeout=10) == linx.Exited(code=4)
+
+
+def _every_verb() -> list[tuple[str, Callable[[linx.Session], object]]]:
+    return [
+        ("proceed", lambda s: s.proceed()),
+        ("abort", lambda s: s.abort()),
+        ("signal", lambda s: s.signal(signal.SIGTERM)),
+        ("info", lambda s: s.info()),
+        ("wait", lambda s: s.wait(timeout=1)),
+        ("set_owner", lambda s: s.set_owner(queue.Queue())),
+        ("pty_write", lambda s: s.pty_write(b"x")),
+        ("pty_set_winsize", lambda s: s.pty_set_winsize((24, 80, 0, 0))),
+    ]
+
+
+@pytest.mark.parametrize("when", ["after-exit", "while-parked", "while-running"])
+def test_every_verb_after_close_raises_no_process(session_factory: Factory, when: str) -> None:
+    session = session_factory(["/bin/sleep", "30"] if when == "while-running" else ["/bin/true"])
+    ready = expect(session, linx.Ready)
+    expected_reason: object
+    if when == "after-exit":
+        session.proceed()
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+        expected_reason = "normal"
+    elif when == "while-running":
+        session.proceed()
+        expect(session, linx.Running)
+        expected_reason = ("signaled", signal.SIGKILL)
+    else:
+        expected_reason = ("shutdown", "aborted")
+    session.close()
+    for name, verb in _every_verb():
+        with pytest.raises(linx.NoProcess):
+            verb(session)
+            pytest.fail(f"{name}() after close() did not raise NoProcess")
+    assert session.host_pid == ready.host_pid
+    assert session.exit_reason == expected_reason
+    assert not pid_alive(ready.host_pid)
+
+
+def test_proceed_abort_signal_after_the_end_raise_no_process_while_info_and_wait_work(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 3"])
+    expect(session, linx.Ready)
+    session.proceed()
+    expect(session, linx.Running)
+    expect(session, linx.Exited)
+    with pytest.raises(linx.NoProcess):
+        session.proceed()
+    with pytest.raises(linx.NoProcess):
+        session.abort()
+    with pytest.raises(linx.NoProcess):
+        session.signal(signal.SIGTERM)
+    # Lingering (linger=True, the default): the outcome stays queryable.
+    assert session.info().stage == linx.Stage.EXITED
+    assert session.info().result == linx.Exited(code=3)
+    assert session.wait() == linx.Exited(code=3)
+    assert session.wait(timeout=0) == linx.Exited(code=3)
+    assert session.exit_reason == ("exited", 3)
+
+
+def test_host_pid_equals_ready_host_pid_and_stays_after_exit(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    assert session.host_pid == ready.host_pid
+    assert session.info().host_pid == ready.host_pid
+    # It is the parked child's host pid: a live process, a child of the session's agent.
+    status = Path(f"/proc/{ready.host_pid}/status").read_text()
+    ppid = int(next(line for line in status.splitlines() if line.startswith("PPid:")).split()[1])
+    assert ppid == session._channel.state.agent_pid
+    session.proceed()
+    expect(session, linx.Running)
+    assert session.host_pid == ready.host_pid
+    # sleep now runs under that very pid
+    assert Path(f"/proc/{ready.host_pid}/comm").read_text().strip() == "sleep"
+    session.signal(signal.SIGKILL)
+    expect(session, linx.Signaled)
+    assert session.host_pid == ready.host_pid
+    session.close()
+    assert session.host_pid == ready.host_pid
+
+
+def test_child_pid_is_1_in_a_pid_namespace(session_factory: Factory) -> None:
+    session = session_factory(["/bin/true"], namespaces=["pid"])
+    ready = expect(session, linx.Ready)
+    info = session.info()
+    assert info.child_pid == 1
+    assert info.host_pid == ready.host_pid != 1
+    status = Path(f"/proc/{ready.host_pid}/status").read_text()
+    nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
+    assert nspid[1:] == [str(ready.host_pid), "1"]
+
+
+def test_child_pid_is_host_pid_without_a_pid_namespace(session_factory: Factory) -> None:
+    session = session_factory(["/bin/true"])
+    ready = expect(session, linx.Ready)
+    assert session.info().child_pid == ready.host_pid
+
+
+# --- linger=False -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ending", "argv", "expected"),
+    [
+        ("exit-0", ["/bin/true"], "normal"),
+        ("exit-3", ["/bin/sh", "-c", "exit 3"], ("exited", 3)),
+        ("sigkill", ["/bin/sleep", "30"], ("signaled", 9)),
+        ("abort", ["/bin/true"], ("shutdown", "aborted")),
+        ("error", ["/nonexistent/linx-test-binary"], None),
+    ],
+    ids=["exit-0", "exit-3", "sigkill", "abort", "error"],
+)
+def test_linger_false_records_exit_reason_and_releases_the_session(
+    session_factory: Factory, ending: str, argv: list[str], expected: object
+) -> None:
+    session = session_factory(argv, linger=False)
+    expect(session, linx.Ready)
+    assert session.exit_reason is None
+    if ending == "abort":
+        session.abort()
+    else:
+        session.proceed()
+        if ending != "error":
+            expect(session, linx.Running)
+        if ending == "sigkill":
+            session.signal(signal.SIGKILL)
+    terminal = drain(session)[-1]
+    if ending == "error":
+        assert isinstance(terminal, linx.Failed)
+        reason = session.exit_reason
+        assert isinstance(reason, tuple) and len(reason) == 2
+        assert reason[0] == "error"
+        assert isinstance(reason[1], linx.ProcessError)
+        assert (reason[1].stage, reason[1].errno) == ("execve", 2)
+    else:
+        assert session.exit_reason == expected
+    for name, verb in _every_verb()[:5]:  # proceed abort signal info wait
+        with pytest.raises(linx.NoProcess):
+            verb(session)
+            pytest.fail(f"{name}() after the end with linger=False did not raise NoProcess")
+    assert no_more_events(session)
+
+
+# --- owners ---------------------------------------------------------------------------------
+
+
+def test_callable_owner_receives_every_event(session_factory: Factory) -> None:
+    received: list[linx.Event] = []
+    lock = threading.Lock()
+
+    def owner(event: linx.Event) -> None:
+        with lock:
+            received.append(event)
+
+    session = session_factory(["/bin/true"], owner=owner)
+    assert session.events is None
+    assert session.owner is owner
+    assert wait_until(lambda: len(received) >= 1)
+    session.proceed()
+    assert wait_until(lambda: len(received) >= 3)
+    assert [type(e) for e in received] == [linx.Ready, linx.Running, linx.Exited]
+    assert all(e.session is session for e in received)
+    assert received[-1] == linx.Exited(code=0)
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
+def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    session = session_factory(["/bin/sh", "-c", "exit 2"], owner=owner)
+    assert session.events is None
+    assert session.owner is owner
+    ready = owner.get(timeout=10)
+    assert isinstance(ready, linx.Ready) and ready.session is session
+    session.proceed()
+    assert isinstance(owner.get(timeout=10), linx.Running)
+    assert owner.get(timeout=10) == linx.Exited(code=2)
+    with pytest.raises(queue.Empty):
+        owner.get(timeout=0.3)
+
+
+def test_set_owner_redirects_events_from_then_on(session_factory: Factory) -> None:
+    old: queue.Queue[linx.Event] = queue.Queue()
+    new: queue.Queue[linx.Event] = queue.Queue()
+    session = session_factory(["/bin/true"], owner=old)
+    assert isinstance(old.get(timeout=10), linx.Ready)
+    session.set_owner(new)
+    assert session.owner is new
+    session.proceed()
+    assert isinstance(new.get(timeout=10), linx.Running)
+    assert new.get(timeout=10) == linx.Exited(code=0)
+    assert old.empty()  # nothing after the switch
+    assert new.empty()  # and Ready was not replayed
+    with pytest.raises(queue.Empty):
+        old.get(timeout=0.3)
+
+
+def test_close_on_a_running_session_kills_it_and_returns_after_reaping(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    session.proceed()
+    expect(session, linx.Running)
+    session.close()
+    assert not os.path.exists(f"/proc/{ready.host_pid}")  # reaped, not even a zombie
+    assert next_event(session) == linx.Signaled(signum=signal.SIGKILL)
+    assert no_more_events(session)
+    assert session.exit_reason == ("signaled", signal.SIGKILL)
+
+
+def test_close_on_a_parked_session_aborts_it(session_factory: Factory, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    session = session_factory(marker_workload(marker))
+    ready = expect(session, linx.Ready)
+    session.close()
+    assert not os.path.exists(f"/proc/{ready.host_pid}")
+    assert next_event(session) == linx.Aborted()
+    assert no_more_events(session)
+    assert session.exit_reason == ("shutdown", "aborted")
+    assert not marker.exists()
+
+
+def test_close_twice_is_harmless(session_factory: Factory) -> None:
+    session = session_factory(["/bin/true"])
+    expect(session, linx.Ready)
+    session.close()
+    session.close()
+    assert next_event(session) == linx.Aborted()
+    assert no_more_events(session)
+    with pytest.raises(linx.NoProcess):
+        session.info()
+
+
+def test_with_block_closes_the_session() -> None:
+    with linx.spawn(["/bin/sleep", "30"]) as session:
+        ready = expect(session, linx.Ready)
+        session.proceed()
+        expect(session, linx.Running)
+        assert pid_alive(ready.host_pid)
+    assert not os.path.exists(f"/proc/{ready.host_pid}")
+    with pytest.raises(linx.NoProcess):
+        session.info()
+    assert next_event(session) == linx.Signaled(signum=signal.SIGKILL)
+
+
+# --- auto_proceed --------------------------------------------------------------------------
+
+
+def test_auto_proceed_runs_without_proceed(session_factory: Factory, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    session = session_factory(marker_workload(marker), auto_proceed=True)
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Ready, linx.Running, linx.Exited]
+    assert events[-1] == linx.Exited(code=0)
+    assert marker.exists()
+    assert no_more_events(session)
+
+
+def test_auto_proceed_session_counts_as_proceeded_from_ready(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sleep", "30"], auto_proceed=True)
+    expect(session, linx.Ready)
+    with pytest.raises(linx.AlreadyRunning):
+        session.proceed()
+    with pytest.raises(linx.AlreadyRunning):
+        session.abort()
+    expect(session, linx.Running)
+
+
+def test_without_linger_the_session_is_closed_when_the_owner_sees_the_end() -> None:
+    seen: list[object] = []
+
+    def owner(event: linx.Event) -> None:
+        if isinstance(event, linx.Exited):
+            assert event.session is not None
+            try:
+                event.session.info()
+            except linx.NoProcess:
+                seen.append("closed")
+            else:
+                seen.append("still open")
+
+    session = linx.spawn(["/bin/true"], auto_proceed=True, linger=False, owner=owner)
+    assert wait_until(lambda: bool(seen), 10)
+    assert seen == ["closed"]
+    assert session.exit_reason == "normal"

@@ -1,0 +1,189 @@
+"""Namespaces, checked from the host through /proc while the child is parked or running."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import linx
+from tests.conftest import expect
+
+Factory = Callable[..., linx.Session]
+
+# spawn(namespaces=...) name -> /proc/<pid>/ns/<file>
+NS_FILES = {
+    "net": "net",
+    "mount": "mnt",
+    "pid": "pid",
+    "uts": "uts",
+    "ipc": "ipc",
+    "user": "user",
+    "cgroup": "cgroup",
+    "time": "time",
+}
+
+
+def ns_links(pid: int | str) -> dict[str, str]:
+    """The namespace identities (`net:[4026531840]`) of a process, by /proc ns file name."""
+    return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in NS_FILES.values()}
+
+
+class Pipe:
+    """A pipe whose write end goes to a workload; the test reads lines from the other end."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self._buffer = b""
+
+    def close_write(self) -> None:
+        if self.write_end >= 0:
+            os.close(self.write_end)
+            self.write_end = -1
+
+    def close(self) -> None:
+        self.close_write()
+        os.close(self.read_end)
+
+    def read_lines(self, count: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while self._buffer.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.read_end], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no {count} lines within {timeout}s: {self._buffer!r}")
+            chunk = os.read(self.read_end, 65536)
+            if not chunk:
+                raise AssertionError(f"EOF before {count} lines: {self._buffer!r}")
+            self._buffer += chunk
+        lines = self._buffer.split(b"\n")
+        self._buffer = b"\n".join(lines[count:])
+        return [line.decode() for line in lines[:count]]
+
+    def read_to_eof(self, timeout: float = 10.0) -> bytes:
+        deadline = time.monotonic() + timeout
+        data, self._buffer = self._buffer, b""
+        while True:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.read_end], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no EOF within {timeout}s: {data!r}")
+            chunk = os.read(self.read_end, 65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    p = Pipe()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("namespace", list(NS_FILES))
+def test_spawn_with_one_namespace_changes_only_that_namespace(
+    session_factory: Factory, namespace: str
+) -> None:
+    ours = ns_links("self")
+    session = session_factory(["/bin/true"], namespaces=[namespace])
+    ready = expect(session, linx.Ready)
+    theirs = ns_links(ready.host_pid)  # the child is parked: it cannot exit under us
+    changed = NS_FILES[namespace]
+    assert theirs[changed] != ours[changed], f"{changed} namespace not new"
+    for name in NS_FILES.values():
+        if name != changed:
+            assert theirs[name] == ours[name], f"{name} namespace changed with only {namespace}"
+    session.proceed()
+    expect(session, linx.Running)
+    assert expect(session, linx.Exited).code == 0
+
+
+def test_spawn_with_all_eight_namespaces_changes_all_of_them(session_factory: Factory) -> None:
+    ours = ns_links("self")
+    session = session_factory(["/bin/true"], namespaces=list(NS_FILES))
+    ready = expect(session, linx.Ready)
+    theirs = ns_links(ready.host_pid)
+    for name in NS_FILES.values():
+        assert theirs[name] != ours[name], f"{name} namespace not new"
+    assert len(set(theirs.values())) == 8
+    session.proceed()
+    expect(session, linx.Running)
+    assert expect(session, linx.Exited).code == 0
+
+
+def test_namespace_enum_values_are_accepted(session_factory: Factory) -> None:
+    ours = ns_links("self")
+    session = session_factory(["/bin/true"], namespaces=[linx.Namespace.UTS, linx.Namespace.IPC])
+    ready = expect(session, linx.Ready)
+    theirs = ns_links(ready.host_pid)
+    assert theirs["uts"] != ours["uts"]
+    assert theirs["ipc"] != ours["ipc"]
+    assert theirs["net"] == ours["net"]
+
+
+def _interfaces(proc_net_dev: str) -> list[str]:
+    return [line.split(":", 1)[0].strip() for line in proc_net_dev.splitlines()[2:] if line]
+
+
+def test_a_net_namespace_shows_only_lo(session_factory: Factory, pipe: Pipe) -> None:
+    host = _interfaces(Path("/proc/net/dev").read_text())
+    assert "lo" in host
+    session = session_factory(
+        ["/bin/cat", "/proc/net/dev"], namespaces=["net"], stdio={"stdout": pipe.write_end}
+    )
+    pipe.close_write()
+    expect(session, linx.Ready)
+    session.proceed()
+    output = pipe.read_to_eof().decode()
+    assert _interfaces(output) == ["lo"]
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
+def test_a_user_namespace_maps_root_inside_to_uid_1000_outside(
+    session_factory: Factory, pipe: Pipe
+) -> None:
+    session = session_factory(
+        ["/bin/sh", "-c", "id -u; id -g; exec /bin/sleep 5"],
+        namespaces=["user"],
+        uid_map=[(0, 1000, 1)],
+        gid_map=[(0, 1000, 1)],
+        uid=0,
+        gid=0,
+        stdio={"stdout": pipe.write_end},
+    )
+    pipe.close_write()
+    ready = expect(session, linx.Ready)
+    # The agent wrote the maps before Ready.
+    assert Path(f"/proc/{ready.host_pid}/uid_map").read_text().split() == ["0", "1000", "1"]
+    assert Path(f"/proc/{ready.host_pid}/gid_map").read_text().split() == ["0", "1000", "1"]
+    session.proceed()
+    expect(session, linx.Running)
+    assert pipe.read_lines(2) == ["0", "0"]  # root inside
+    status = Path(f"/proc/{ready.host_pid}/status").read_text().splitlines()
+    fields = {line.split(":", 1)[0]: line.split(":", 1)[1].split() for line in status}
+    assert fields["Uid"] == ["1000"] * 4  # uid 1000 outside (real, effective, saved, fs)
+    assert fields["Gid"] == ["1000"] * 4
+
+
+def test_hostname_is_set_in_a_uts_namespace_only(session_factory: Factory, pipe: Pipe) -> None:
+    before = socket.gethostname()
+    assert before != "box"
+    session = session_factory(
+        ["/bin/hostname"], namespaces=["uts"], hostname="box", stdio={"stdout": pipe.write_end}
+    )
+    pipe.close_write()
+    ready = expect(session, linx.Ready)
+    # sethostname happens before the checkpoint.
+    ours = ns_links("self")["uts"]
+    assert os.readlink(f"/proc/{ready.host_pid}/ns/uts") != ours
+    session.proceed()
+    assert pipe.read_to_eof() == b"box\n"
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert socket.gethostname() == before
+    assert Path("/proc/sys/kernel/hostname").read_text().strip() == before
