@@ -149,9 +149,10 @@ static void release(struct session *s)
 
 static void do_abort(struct session *s)
 {
-	/* EOF on the release pipe: the child _exits without running anything */
+	/* EOF on the release pipe makes the child _exit without running anything; the
+	 * SIGKILL is for a child that cannot get there (stopped, say), so abort never hangs */
 	close_fd(&s->child.release_wr);
-	child_reap(&s->child);
+	child_discard(&s->child);
 	finish(s, MSG_ABORTED, 0, 0);
 }
 
@@ -374,7 +375,9 @@ static void on_channel(struct session *s)
 		return;
 	}
 	if (n <= 0) {
-		/* EOF, or the connection broke (ECONNRESET): Python is gone either way */
+		/* EOF, or the connection broke: Python is gone either way */
+		if (n < 0 && n != -ECONNRESET)
+			diag("recvmsg", (int)-n);
 		s->peer_gone = 1;
 		return;
 	}
@@ -433,8 +436,11 @@ static void orphan(struct session *s)
 		return;
 	}
 	if (!s->req.orphan_linger) {
+		/* SIGCONT so a stopped workload gets to act on the SIGTERM within the grace */
 		if (pidfd_send_signal(s->child.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
 			diag("orphan SIGTERM", errno);
+		if (pidfd_send_signal(s->child.pidfd, SIGCONT, NULL, 0) < 0 && errno != ESRCH)
+			diag("orphan SIGCONT", errno);
 		uint64_t ms = s->req.orphan_grace_ms;
 		struct pollfd p = { .fd = s->child.pidfd, .events = POLLIN };
 		int r;

@@ -141,9 +141,10 @@ static const struct {
 	{ "pdeathsig", arm_pdeathsig },
 	/* capabilities go here: cap_drop_bounding, cap_set_thread, cap_set_ambient */
 	{ "no_new_privs", step_no_new_privs },
-	/* seccomp_install goes here: the last thing installed before execve */
 	{ "sigprocmask", step_signals },
 	{ "close_range", step_close_fds },
+	/* seccomp_install goes here, last (SPEC 5): then the filter only has to allow what
+	 * is left, write (the 'E'/'X' records) and execve */
 };
 
 static _Noreturn void die(const struct child_plan *p, const char *stage, int err)
@@ -179,7 +180,7 @@ _Noreturn void child_main(const struct child_plan *p)
 			die(p, steps[i].stage, err);
 
 	/* 'E' then EOF (the pipe is CLOEXEC) tells the agent execve worked */
-	if ((err = report_exec(p->report_wr)))
+	if (report_exec(p->report_wr))
 		_exit(127);
 	execve(r->argv[0], r->argv, r->envp);
 	die(p, "execve", errno);

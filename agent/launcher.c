@@ -158,8 +158,11 @@ static void on_channel(struct launcher *l)
 
 	if (n == -EAGAIN)
 		return;
-	if (n <= 0)
+	if (n <= 0) {
+		if (n < 0 && n != -ECONNRESET)
+			diag("recvmsg", (int)-n);
 		quit(l);
+	}
 	for (;;) {
 		struct wire_frame f;
 		uint64_t token;

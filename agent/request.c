@@ -5,6 +5,7 @@
 #include "request.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +139,9 @@ static int validate(const struct wire_frame *f, size_t nfds, struct spawn_req *r
 		}
 	}
 	if (rc < 0 || !have_version || r->argc == 0)
+		return -1;
+	/* without its own UTS namespace the child would rename the host */
+	if ((seen & (1u << T_HOSTNAME)) && !(r->namespaces & CLONE_NEWUTS))
 		return -1;
 	return 0;
 }
