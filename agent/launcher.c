@@ -199,9 +199,9 @@ int launcher_main(int ctl_fd)
 		diag("close_range", errno);
 	/* a Ctrl-C on the terminal is for the Python program, not for us or the agents (which
 	 * inherit this); the workload resets every disposition before execve */
-	signal(SIGINT, SIG_IGN);
-	signal(SIGQUIT, SIG_IGN);
-	signal(SIGPIPE, SIG_IGN);
+	static const int ignored[] = AGENT_IGNORED_SIGNALS;
+	for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
+		signal(ignored[i], SIG_IGN);
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) {

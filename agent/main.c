@@ -28,6 +28,11 @@ int main(int argc, char **argv)
 
 	if (argc != 2)
 		return usage();
+	/* whatever our starter left ignored would otherwise reach every workload */
+	if ((err = reset_all_signals())) {
+		diag("reset signals", err);
+		return 1;
+	}
 	if ((err = ensure_std_fds())) {
 		diag("stdio", err);
 		return 1;

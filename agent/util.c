@@ -5,7 +5,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int write_all(int fd, const void *buf, size_t len)
@@ -78,4 +80,34 @@ void close_fd(int *fd)
 		errno = saved;
 		*fd = -1;
 	}
+}
+
+/* The kernel's struct sigaction on x86-64 and the asm-generic layout (arm64 included):
+ * handler, flags, restorer, mask. No restorer is needed to install SIG_DFL. */
+struct kernel_sigaction {
+	void (*handler)(int);
+	unsigned long flags;
+	void (*restorer)(void);
+	unsigned long mask;
+};
+
+int default_signal(int signum)
+{
+	struct kernel_sigaction dfl = { .handler = SIG_DFL };
+
+	if (syscall(SYS_rt_sigaction, signum, &dfl, NULL, sizeof(dfl.mask)) < 0)
+		return errno;
+	return 0;
+}
+
+int reset_all_signals(void)
+{
+	for (int s = 1; s <= 64; s++) {
+		if (s == SIGKILL || s == SIGSTOP)
+			continue;
+		int err = default_signal(s);
+		if (err)
+			return err;
+	}
+	return 0;
 }

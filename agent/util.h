@@ -33,6 +33,20 @@ int ensure_std_fds(void);
  * stderr naming the stage and errno. Not for the child: strerror is not async-signal-safe. */
 void diag(const char *stage, int err);
 
+/* Every signal's disposition back to SIG_DFL, including the two glibc reserves for itself
+ * (32 and 33), which libc's sigaction refuses but posix_spawn leaves ignored in the
+ * programs it starts. Done once when linx-agent starts, so that what a child has to undo
+ * before execve is only what we set ourselves (AGENT_IGNORED_SIGNALS). Returns 0 or an
+ * errno. */
+int reset_all_signals(void);
+
+/* The signals the launcher and agents ignore; the child restores exactly these. A Ctrl-C
+ * on the terminal is for the Python program, not for us; SIGPIPE must be an EPIPE. */
+#define AGENT_IGNORED_SIGNALS { SIGINT, SIGQUIT, SIGPIPE }
+
+/* One signal's disposition to SIG_DFL by the raw syscall (no libc bookkeeping). */
+int default_signal(int signum);
+
 /* Closes fd if >= 0, keeping errno intact, and sets it to -1. */
 void close_fd(int *fd);
 

@@ -22,7 +22,7 @@ from typing import Any
 from . import _wire
 from ._owners import Deliver, deliver_all
 from ._reactor import Reactor
-from ._state import Info, SessionState, Stage, exit_reason
+from ._state import Info, SessionState, exit_reason
 from .errors import NoProcess, ProcessError
 from .events import Event, Outcome
 
@@ -112,15 +112,15 @@ class Channel:
     def begin_close(self) -> bool:
         """Start ending a live session (abort if parked, SIGKILL otherwise).
 
-        Returns False if it was already closed. Both commands are sent because the
-        agent may have proceeded on its own (`auto_proceed`) before the abort reaches it;
-        a buffered SIGKILL then fires at `Running`.
+        Returns False if it was already closed. A child not yet released is aborted; a
+        SIGKILL is sent in every case, since the agent buffers it until `Running` should
+        the child be past the checkpoint already.
         """
         with self._lock:
             if self.closed:
                 return False
             if not self.state.terminal and self._sock is not None:
-                if self.state.stage is not Stage.RUNNING:
+                if not self.state.released:
                     self._queue(_wire.Abort())
                 self._queue(_wire.Signal(signum=9))
             return True

@@ -113,9 +113,14 @@ class SessionState:
         self._proceeded = True
         return _wire.Proceed()
 
+    @property
+    def released(self) -> bool:
+        """Past the checkpoint, or committed to pass it (`auto_proceed`)."""
+        return self._proceeded or self.auto_proceed or self.stage is Stage.RUNNING
+
     def abort(self) -> _wire.Abort | None:
         self._require_live()
-        if self._proceeded or self.stage is Stage.RUNNING:
+        if self.released:
             raise AlreadyRunning("the workload is past the checkpoint; use signal()")
         if self._abort_sent:
             return None
@@ -156,9 +161,8 @@ class SessionState:
             self.stage = Stage.READY
             self.host_pid = message.host_pid
             self.child_pid = message.child_pid
-            # The agent proceeds by itself unless an abort reached it first.
-            if self.auto_proceed and not self._abort_sent:
-                self._proceeded = True
+            if self.auto_proceed:
+                self._proceeded = True  # the agent released the child at clone time
             return [Ready(message.host_pid, session=self._session())]
         if isinstance(message, _wire.Running):
             self.stage = Stage.RUNNING

@@ -79,11 +79,10 @@ def test_abort_after_proceed_is_already_running() -> None:
         state.abort()
 
 
-def test_abort_before_ready_wins_over_auto_proceed() -> None:
-    state = _at(Stage.SPAWNED, auto_proceed=True)
-    state.abort()
-    state.receive(_wire.Ready(host_pid=10, child_pid=1))
-    assert state.receive(_wire.Aborted()) == [Aborted()]
+@pytest.mark.parametrize("stage", [Stage.STARTING, Stage.SPAWNED, Stage.READY])
+def test_abort_with_auto_proceed_is_already_running(stage: Stage) -> None:
+    with pytest.raises(AlreadyRunning):
+        _at(stage, auto_proceed=True).abort()
 
 
 @pytest.mark.parametrize("stage", [Stage.STARTING, Stage.SPAWNED, Stage.READY, Stage.RUNNING])
