@@ -45,12 +45,30 @@ struct session {
 	int released_early;	/* auto_proceed: released at clone, never parked */
 	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
 	size_t nsigs, sigcap;
+	uint8_t outbox[2 * WIRE_OUT_MAX];	/* frames not yet written to Python */
+	size_t out_len;
 	int peer_gone;		/* Python closed the channel: orphan policy */
 	int done;		/* terminal frame sent (or nobody to send it to) */
 };
 
 /* ---- frames to Python ---- */
 
+static void flush(struct session *s)
+{
+	if (s->peer_gone || !s->out_len)
+		return;
+	int err = chan_send_bytes(s->ch.fd, s->outbox, s->out_len);
+	s->out_len = 0;
+	if (err) {
+		s->peer_gone = 1;
+		if (err != EPIPE && err != ECONNRESET)
+			diag("send", err);
+	}
+}
+
+/* Frames wait in the outbox until the loop is about to wait for Python or for the
+ * workload (see holding()), so the ones a spawn produces in quick succession reach Python
+ * in one write: one wake-up of its reactor instead of three. */
 static void send_frame(struct session *s, struct wire_out *o)
 {
 	if (s->peer_gone)
@@ -59,12 +77,10 @@ static void send_frame(struct session *s, struct wire_out *o)
 		diag("encode", EOVERFLOW);
 		return;
 	}
-	int err = chan_send(s->ch.fd, o);
-	if (err) {
-		s->peer_gone = 1;
-		if (err != EPIPE && err != ECONNRESET)
-			diag("send", err);
-	}
+	if (s->out_len + o->len > sizeof(s->outbox))
+		flush(s);
+	memcpy(s->outbox + s->out_len, o->buf, o->len);
+	s->out_len += o->len;
 }
 
 static void send_empty(struct session *s, uint16_t type)
@@ -474,6 +490,15 @@ static void orphan(struct session *s)
 	child_reap(&s->child);
 }
 
+/* While the agent waits only on its own child's next report (the ready record right
+ * after clone; the exec outcome of a child released at clone time), what it has to say
+ * will be followed within moments by more: hold it. Everywhere else, Python may be
+ * waiting for it. */
+static int holding(const struct session *s)
+{
+	return s->phase == PH_STARTING || (s->phase == PH_RELEASED && s->released_early);
+}
+
 int agent_main(int ctl_fd)
 {
 	struct session s;
@@ -485,6 +510,8 @@ int agent_main(int ctl_fd)
 	signal(SIGPIPE, SIG_IGN);
 
 	while (!s.done) {
+		if (!holding(&s))
+			flush(&s);
 		if (s.peer_gone) {
 			orphan(&s);
 			break;
@@ -516,6 +543,7 @@ int agent_main(int ctl_fd)
 			on_channel(&s);
 	}
 
+	flush(&s);
 	child_discard(&s.child);
 	close_passed(&s);
 	request_free(&s.req);

@@ -148,8 +148,13 @@ void chan_close_fds(struct chan *c)
 
 int chan_send(int fd, const struct wire_out *o)
 {
-	const uint8_t *p = o->buf;
-	size_t left = o->len;
+	return chan_send_bytes(fd, o->buf, o->len);
+}
+
+int chan_send_bytes(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	size_t left = len;
 
 	while (left > 0) {
 		ssize_t n = send(fd, p, left, MSG_NOSIGNAL);

@@ -138,14 +138,19 @@ static void reap_agents(struct launcher *l)
 		for (size_t i = 0; i < l->nagents; i++) {
 			if (l->agents[i].pid != pid)
 				continue;
+			uint64_t token = l->agents[i].token;
+			l->agents[i] = l->agents[--l->nagents];
+			/* an agent exits 0 only after its terminal frame (or once Python is gone):
+			 * then nobody needs to hear of it, and Python's reactor is not woken */
+			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+				break;
 			struct wire_out o;
 			wire_begin(&o, MSG_AGENT_EXITED);
-			wire_put_u64(&o, 1, l->agents[i].token);
+			wire_put_u64(&o, 1, token);
 			if (WIFSIGNALED(st))
 				wire_put_u32(&o, 3, (uint32_t)WTERMSIG(st));
 			else
 				wire_put_u32(&o, 2, (uint32_t)WEXITSTATUS(st));
-			l->agents[i] = l->agents[--l->nagents];
 			send_or_quit(l, &o);
 			break;
 		}

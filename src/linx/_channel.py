@@ -69,6 +69,7 @@ class Channel:
         self.closed = False
         self.exit_reason: object = None
         self.launcher: object = None
+        self.on_terminal: Callable[[], None] = lambda: None  # set by the runtime
         self.outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
         # Running futures cannot be cancelled, so no waiter can cancel the others' answer.
         self.outcome.set_running_or_notify_cancel()
@@ -264,10 +265,13 @@ class Channel:
             return
         if self._session_ref() is None:
             self.abandon()
+            if result is not None:
+                self.on_terminal()
             return
         deliver_all(deliver, events)
         if result is not None:
             self.outcome.set_result(result)
+            self.on_terminal()
 
     def _close_socket(self) -> None:
         with self._lock:

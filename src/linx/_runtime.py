@@ -36,6 +36,9 @@ class Runtime:
             with self._lock:
                 self._agents[token] = channel
                 self._channels.add(channel)
+            # An agent that ends cleanly after its terminal frame is not reported by the
+            # launcher (protocol.md): the terminal frame is where the entry goes.
+            channel.on_terminal = lambda: self._forget(token)
             channel.launcher = self._request_agent(token, theirs.fileno())
         except BaseException:
             self._agents.pop(token, None)
@@ -68,6 +71,10 @@ class Runtime:
             return self._launcher
 
     # --- reactor thread ----------------------------------------------------------------
+
+    def _forget(self, token: int) -> None:
+        with self._lock:
+            self._agents.pop(token, None)
 
     def _agent_exited(self, token: int, status: int) -> None:
         with self._lock:
