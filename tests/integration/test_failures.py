@@ -238,3 +238,21 @@ def test_a_request_beyond_the_64_mib_cap_fails_with_request_too_big(
     assert_process_error(failed.error, "request_too_big", errno.EMSGSIZE)
     assert session.host_pid is None
     assert no_more_events(session)
+
+
+def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running(
+    session_factory: Factory,
+) -> None:
+    # Stopped at the checkpoint, the child cannot take the release byte; killed there, it
+    # dies before execve with nothing reported. The reference would call that Running.
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    os.kill(ready.host_pid, signal.SIGSTOP)
+    session.proceed()
+    os.kill(ready.host_pid, signal.SIGKILL)
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed], events
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "exec_outcome", errno.EIO)
+    assert session.info().stage == "errored"

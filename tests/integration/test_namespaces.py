@@ -187,3 +187,42 @@ def test_hostname_is_set_in_a_uts_namespace_only(session_factory: Factory, pipe:
     assert session.wait(timeout=10) == linx.Exited(code=0)
     assert socket.gethostname() == before
     assert Path("/proc/sys/kernel/hostname").read_text().strip() == before
+
+
+def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespace() -> None:
+    read_end, write_end = os.pipe()
+    with linx.spawn(
+        ["/bin/sh", "-c", "id -u; id -g; id -G"],
+        uid=65534,
+        gid=65534,
+        groups=[65534, 100],
+        stdio={"stdout": write_end},
+        auto_proceed=True,
+    ) as session:
+        os.close(write_end)
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+    with os.fdopen(read_end) as output:
+        uid, gid, groups = output.read().split("\n")[:3]
+    assert (uid, gid) == ("65534", "65534")
+    assert sorted(groups.split()) == ["100", "65534"]
+
+
+def test_env_and_cwd_follow_the_caller_after_the_launcher_started(tmp_path: Path) -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher exists now
+    read_end, write_end = os.pipe()
+    old_cwd = os.getcwd()
+    os.environ["LINX_TEST_LATE_VARIABLE"] = "late"
+    os.chdir(tmp_path)
+    try:
+        with linx.spawn(
+            ["/bin/sh", "-c", 'echo "$LINX_TEST_LATE_VARIABLE"; pwd'],
+            stdio={"stdout": write_end},
+            auto_proceed=True,
+        ) as session:
+            os.close(write_end)
+            assert session.wait(timeout=10) == linx.Exited(code=0)
+    finally:
+        os.chdir(old_cwd)
+        del os.environ["LINX_TEST_LATE_VARIABLE"]
+    with os.fdopen(read_end) as output:
+        assert output.read().split("\n")[:2] == ["late", str(tmp_path)]
