@@ -69,7 +69,9 @@ class Channel:
         self.closed = False
         self.exit_reason: object = None
         self.launcher: object = None
-        self.on_terminal: Callable[[], None] = lambda: None  # set by the runtime
+        # Called once Python needs no more word of the agent (terminal, or released by
+        # us); the runtime drops its entry then. Idempotent.
+        self.on_terminal: Callable[[], None] = lambda: None
         self.outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
         # Running futures cannot be cancelled, so no waiter can cancel the others' answer.
         self.outcome.set_running_or_notify_cancel()
@@ -130,7 +132,7 @@ class Channel:
         """Mark closed and release the socket (the reactor closes it)."""
         with self._lock:
             self.closed = True
-        self._reactor.call_soon(self._close_socket)
+        self._reactor.call_soon(self._release)
 
     def abandon(self) -> None:
         """The session object was dropped: close the channel; the agent's orphan policy acts."""
@@ -138,7 +140,13 @@ class Channel:
             if self.closed:
                 return
             self.closed = True
-        self._reactor.call_soon(self._close_socket)
+        self._reactor.call_soon(self._release)
+
+    def _release(self) -> None:
+        # Once Python closes the channel itself nobody waits to hear of the agent: an agent
+        # left to its orphan policy exits cleanly and is never reported.
+        self._close_socket()
+        self.on_terminal()
 
     def forget_in_child(self) -> None:
         """In a forked child: this channel belongs to the parent. Takes no lock (see caller)."""

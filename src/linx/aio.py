@@ -16,6 +16,7 @@ from typing import Any
 
 from . import session as _sync
 from ._state import Info
+from .errors import NoProcess
 from .events import Event, Outcome
 from .session import CLOSE_TIMEOUT, _unwrap
 
@@ -71,8 +72,6 @@ class Session:
         """The terminal outcome, as `linx.Session.wait()`; cancelling the wait is harmless."""
         channel = self._core._channel
         if channel.closed:
-            from .errors import NoProcess
-
             raise NoProcess("the session is closed")
         future = asyncio.wrap_future(channel.outcome)
         return _unwrap(await asyncio.wait_for(future, timeout))

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from . import _options
 from ._channel import Channel
-from ._owners import make_deliver
+from ._owners import Deliver, make_deliver
 from ._runtime import get_runtime
 from ._state import Info, SessionState
 from .errors import NoProcess, ProcessError
@@ -53,11 +54,13 @@ class Session:
         session = cls(_token=_PRIVATE)
         if owner is None:
             session.events = owner = queue.Queue()
+            deliver = _deliver_to_events(weakref.ref(session))
+        else:
+            deliver = make_deliver(owner)  # may still refuse it: before any fd or thread
         session._owner = owner
-        deliver = make_deliver(owner)  # may still refuse the owner: before any fd or thread
         runtime = get_runtime()
         state = SessionState(
-            mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=_weak(session)
+            mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
         )
         session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
         runtime.start(session._channel, plan)
@@ -178,10 +181,19 @@ class Session:
 _PRIVATE = object()
 
 
-def _weak(session: Session) -> Any:
-    import weakref
+def _deliver_to_events(ref: weakref.ref[Session]) -> Deliver:
+    """Delivery to a session's own queue that does not keep the session alive.
 
-    return weakref.ref(session)
+    The reactor holds a channel's delivery function; were it the queue's `put`, the queue's
+    events (each naming its session) would keep a dropped session alive for ever.
+    """
+
+    def deliver(event: Event) -> None:
+        session = ref()
+        if session is not None and session.events is not None:
+            session.events.put(event)
+
+    return deliver
 
 
 def _require_pty(state: SessionState) -> None:

@@ -391,3 +391,25 @@ def test_dropped_session_kills_its_running_workload() -> None:
     finally:
         if pid_alive(host_pid):
             os.kill(host_pid, signal.SIGKILL)
+
+
+def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
+    import gc
+
+    from linx._runtime import get_runtime
+
+    runtime = get_runtime()
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    before = len(runtime._agents)
+    hosts = []
+    for _ in range(5):
+        dropped = linx.spawn(["/bin/sleep", "30"], auto_proceed=True)
+        assert dropped.events is not None
+        assert isinstance(dropped.events.get(timeout=10), linx.Ready)
+        hosts.append(dropped.host_pid)
+        del dropped
+        closed = linx.spawn(["/bin/sleep", "30"])
+        closed.close()
+    gc.collect()
+    assert wait_until(lambda: len(runtime._agents) == before, 10), runtime._agents
+    assert wait_until(lambda: not any(pid_alive(p) for p in hosts if p is not None), 10)
