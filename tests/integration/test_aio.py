@@ -10,7 +10,7 @@ import pytest
 
 import linx
 import linx.aio
-from tests.conftest import pid_alive
+from tests.conftest import pid_alive, wait_until
 
 
 async def _next(queue: asyncio.Queue[linx.Event], timeout: float = 10.0) -> linx.Event:
@@ -143,3 +143,23 @@ def test_aio_sessions_never_block_the_event_loop() -> None:
     # The sessions took at least 1 s; a loop blocked on them would show a gap that long.
     assert longest_gap < 0.5, longest_gap
     assert ticks >= 40, ticks
+
+
+def test_a_dropped_aio_session_is_collected_and_its_workload_ends() -> None:
+    import gc
+
+    async def scenario() -> tuple[bool, int]:
+        session = await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True)
+        assert session.events is not None and session.owner is session.events
+        assert isinstance(await session.events.get(), linx.Ready)
+        pid = session.host_pid
+        assert pid is not None
+        ref = session._core._channel._session_ref
+        del session
+        gc.collect()
+        await asyncio.sleep(0.1)
+        return ref() is None, pid
+
+    collected, pid = asyncio.run(scenario())
+    assert collected
+    assert wait_until(lambda: not pid_alive(pid), 10)
