@@ -49,6 +49,9 @@ struct session {
 	size_t out_len;
 	int peer_gone;		/* Python closed the channel: orphan policy */
 	int done;		/* terminal frame sent (or nobody to send it to) */
+	int status;		/* exit status: non-zero when the channel broke on our side,
+				 * so the launcher reports AGENT_EXITED and Python is not left
+				 * waiting for a terminal frame that never comes */
 };
 
 /* ---- frames to Python ---- */
@@ -61,8 +64,10 @@ static void flush(struct session *s)
 	s->out_len = 0;
 	if (err) {
 		s->peer_gone = 1;
-		if (err != EPIPE && err != ECONNRESET)
+		if (err != EPIPE && err != ECONNRESET) {
 			diag("send", err);
+			s->status = 1;
+		}
 	}
 }
 
@@ -412,8 +417,10 @@ static void on_channel(struct session *s)
 	}
 	if (n <= 0) {
 		/* EOF, or the connection broke: Python is gone either way */
-		if (n < 0 && n != -ECONNRESET)
+		if (n < 0 && n != -ECONNRESET) {
 			diag("recvmsg", (int)-n);
+			s->status = 1;
+		}
 		s->peer_gone = 1;
 		return;
 	}
@@ -549,5 +556,5 @@ int agent_main(int ctl_fd)
 	request_free(&s.req);
 	chan_free(&s.ch);
 	free(s.sigs);
-	return 0;
+	return s.status;
 }

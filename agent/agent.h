@@ -4,7 +4,8 @@
 #ifndef LINX_AGENT_H
 #define LINX_AGENT_H
 
-/* Runs the session on ctl_fd; returns the process exit status (0 after any terminal). */
+/* Runs the session on ctl_fd; returns the process exit status: 0 once a terminal frame is
+ * written or Python is gone, 1 if the channel failed on our side. */
 int agent_main(int ctl_fd);
 
 #endif

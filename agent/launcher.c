@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -30,6 +31,10 @@ struct launcher {
 	int sfd;
 	struct agent_rec *agents;
 	size_t nagents, cap;
+	/* replies not yet taken by the socket: sending never blocks, so a Python that is
+	 * slow to read AGENT_EXITED cannot stall START_AGENT for everyone */
+	uint8_t *out;
+	size_t outlen, outcap;
 };
 
 /* Python is gone or broke the protocol: we go, the agents stay. */
@@ -37,21 +42,53 @@ static _Noreturn void quit(struct launcher *l)
 {
 	chan_free(&l->ch);
 	free(l->agents);
+	free(l->out);
 	exit(0);
 }
 
-static void send_or_quit(struct launcher *l, struct wire_out *o)
+static void flush(struct launcher *l)
+{
+	size_t done = 0;
+
+	while (done < l->outlen) {
+		ssize_t n = send(l->ch.fd, l->out + done, l->outlen - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			if (errno != EPIPE && errno != ECONNRESET)
+				diag("send", errno);
+			quit(l);
+		}
+		done += (size_t)n;
+	}
+	memmove(l->out, l->out + done, l->outlen - done);
+	l->outlen -= done;
+}
+
+static void queue(struct launcher *l, struct wire_out *o)
 {
 	if (wire_end(o) < 0) {
 		diag("encode", EOVERFLOW);
 		return;
 	}
-	int err = chan_send(l->ch.fd, o);
-	if (err) {
-		if (err != EPIPE && err != ECONNRESET)
-			diag("send", err);
-		quit(l);
+	if (l->outcap - l->outlen < o->len) {
+		size_t ncap = l->outcap ? l->outcap * 2 : 4096;
+		while (ncap - l->outlen < o->len)
+			ncap *= 2;
+		uint8_t *nb = realloc(l->out, ncap);
+		if (!nb) {
+			/* dropping an AGENT_EXITED would leave a session hanging: better to go */
+			diag("send queue", ENOMEM);
+			quit(l);
+		}
+		l->out = nb;
+		l->outcap = ncap;
 	}
+	memcpy(l->out + l->outlen, o->buf, o->len);
+	l->outlen += o->len;
+	flush(l);
 }
 
 static void launch_failed(struct launcher *l, uint64_t token, const char *stage, int err)
@@ -62,7 +99,7 @@ static void launch_failed(struct launcher *l, uint64_t token, const char *stage,
 	wire_put_u64(&o, 1, token);
 	wire_put_bytes(&o, 2, stage, strlen(stage));
 	wire_put_u32(&o, 3, (uint32_t)err);
-	send_or_quit(l, &o);
+	queue(l, &o);
 }
 
 static _Noreturn void become_agent(struct launcher *l, int session_fd)
@@ -72,6 +109,7 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 	/* what we inherit from the launcher is not the agent's business */
 	close(l->sfd);
 	free(l->agents);
+	free(l->out);
 	chan_free(&l->ch);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0) {
@@ -151,7 +189,7 @@ static void reap_agents(struct launcher *l)
 				wire_put_u32(&o, 3, (uint32_t)WTERMSIG(st));
 			else
 				wire_put_u32(&o, 2, (uint32_t)WEXITSTATUS(st));
-			send_or_quit(l, &o);
+			queue(l, &o);
 			break;
 		}
 	}
@@ -221,7 +259,7 @@ int launcher_main(int ctl_fd)
 
 	for (;;) {
 		struct pollfd p[2] = {
-			{ .fd = l.ch.fd, .events = POLLIN },
+			{ .fd = l.ch.fd, .events = (short)(POLLIN | (l.outlen ? POLLOUT : 0)) },
 			{ .fd = l.sfd, .events = POLLIN },
 		};
 		if (poll(p, 2, -1) < 0) {
@@ -232,7 +270,9 @@ int launcher_main(int ctl_fd)
 		}
 		if (p[1].revents)
 			reap_agents(&l);
-		if (p[0].revents)
+		if (l.outlen && (p[0].revents & (POLLOUT | POLLERR | POLLHUP)))
+			flush(&l);
+		if (p[0].revents & (POLLIN | POLLERR | POLLHUP))
 			on_channel(&l);
 	}
 }
