@@ -1,0 +1,96 @@
+"""Many threads and tasks at once, and an application that reaps children itself (SPEC §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+
+import linx
+import linx.aio
+from linx._runtime import get_runtime
+from tests.conftest import wait_until
+
+
+def test_spawning_from_many_threads_at_once_gives_every_session_its_own_outcome() -> None:
+    outcomes: dict[tuple[int, int], tuple[int, linx.Outcome]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker(index: int) -> None:
+        try:
+            start.wait()
+            for round_ in range(25):
+                code = (index * 25 + round_) % 200
+                session = linx.spawn(
+                    ["/bin/sh", "-c", f"exit {code}"], auto_proceed=True, stdio="devnull"
+                )
+                outcomes[index, round_] = (code, session.wait(timeout=30))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert len(outcomes) == 200
+    for code, outcome in outcomes.values():
+        assert outcome == linx.Exited(code=code)
+
+
+def test_many_asyncio_tasks_spawn_and_wait_concurrently() -> None:
+    async def one(code: int) -> tuple[int, linx.Outcome]:
+        async with await linx.aio.spawn(
+            ["/bin/sh", "-c", f"exit {code}"], auto_proceed=True, stdio="devnull"
+        ) as session:
+            return code, await session.wait(timeout=30)
+
+    async def main() -> list[tuple[int, linx.Outcome]]:
+        return await asyncio.gather(*(one(code) for code in range(60)))
+
+    for code, outcome in asyncio.run(main()):
+        assert outcome == linx.Exited(code=code)
+
+
+def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    running = linx.spawn(["/bin/sleep", "0.5"], auto_proceed=True)
+    assert running.events is not None
+    assert isinstance(running.events.get(timeout=10), linx.Ready)  # its agent exists
+    # Hold the reactor so that the application's own reaper surely takes the launcher first.
+    gate = threading.Event()
+
+    def hold_reactor() -> None:
+        gate.wait(10)
+
+    get_runtime().reactor.call_soon(hold_reactor)
+    os.kill(launcher.pid, signal.SIGKILL)
+    reaped_pid, _ = os.waitpid(launcher.pid, 0)
+    assert reaped_pid == launcher.pid
+    gate.set()
+    assert wait_until(lambda: not launcher.alive, 10)
+    assert running.wait(timeout=10) == linx.Exited(code=0)  # its agent did not depend on it
+    assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
+    fresh = get_runtime()._launcher
+    assert fresh is not None and fresh.pid != launcher.pid
+
+
+def test_a_spawn_lost_with_a_dying_launcher_fails_as_agent_died_not_hangs() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    os.kill(launcher.pid, signal.SIGSTOP)  # it cannot take the next request...
+    lost = linx.spawn(["/bin/true"], auto_proceed=True)
+    os.kill(launcher.pid, signal.SIGKILL)  # ...and dies with it unread
+    try:
+        outcome: object = lost.wait(timeout=10)
+    except linx.ProcessError as error:
+        outcome = error
+    assert isinstance(outcome, linx.ProcessError), outcome
+    assert outcome.stage == "agent_died" and outcome.errno is None and outcome.code is None
+    assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
