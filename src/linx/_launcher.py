@@ -138,13 +138,16 @@ class Launcher:
         except ChildProcessError:
             pass  # the application reaped it with its own waitpid(-1)
         os.close(self._pidfd)
+        self._pidfd = -1
         self._gone()
 
     def forget_in_child(self) -> None:
         """In a forked child: drop this launcher (it is the parent's)."""
         self.alive = False
         self._sock.close()
-        os.close(self._pidfd)
+        if self._pidfd >= 0:  # not yet closed by _on_process_exit
+            os.close(self._pidfd)
+            self._pidfd = -1
 
 
 def _start_process() -> tuple[socket.socket, int, int]:
