@@ -284,7 +284,7 @@ class Channel:
     def _close_socket(self) -> None:
         with self._lock:
             sock, self._sock = self._sock, None
-            self._out.clear()
+            self._drop_output()  # runs on_sent: passed fds never outlive the channel
         if sock is not None:
             self._reactor.unregister(sock.fileno())
             sock.close()
