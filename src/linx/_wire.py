@@ -242,6 +242,15 @@ def _encode_value(name: str, kind: Kind, value: Any) -> bytes:
         raise WireError(f"field {name!r} out of range for {kind.value}: {value!r}") from None
 
 
+def _encode_field(name: str, spec: Field, value: Any) -> bytes:
+    """One tag-length-value field."""
+    if spec.kind is Kind.BYTES and type(value) is bytes:
+        raw = value
+    else:
+        raw = _encode_value(name, spec.kind, value)
+    return _FIELD.pack(spec.tag, len(raw)) + raw
+
+
 # The last repeated field encoded, by identity: a spawn that inherits the environment
 # sends the same (cached) tuple every time, and re-encoding it dominated the codec's cost.
 _last_repeated: tuple[object, int, bytes] = ((), 0, b"")
@@ -252,16 +261,7 @@ def _encode_repeated(name: str, spec: Field, values: tuple[Any, ...]) -> bytes:
     cached_values, cached_tag, cached = _last_repeated
     if values is cached_values and spec.tag == cached_tag:
         return cached
-    parts = []
-    for item in values:
-        raw = (
-            item
-            if spec.kind is Kind.BYTES and type(item) is bytes
-            else _encode_value(name, spec.kind, item)
-        )
-        parts.append(_FIELD.pack(spec.tag, len(raw)))
-        parts.append(raw)
-    encoded = b"".join(parts)
+    encoded = b"".join(_encode_field(name, spec, item) for item in values)
     if len(values) > 8:
         _last_repeated = (values, spec.tag, encoded)
     return encoded
@@ -279,17 +279,10 @@ def encode(message: Message) -> bytes:
                 raise WireError(f"{type(message).__name__}: required field {name!r} missing")
             parts.append(_encode_repeated(name, spec, value))
             continue
-        values = [] if value is None else [value]
-        if spec.required and not values:
+        if value is not None:
+            parts.append(_encode_field(name, spec, value))
+        elif spec.required:
             raise WireError(f"{type(message).__name__}: required field {name!r} missing")
-        for item in values:
-            raw = (
-                item
-                if spec.kind is Kind.BYTES and type(item) is bytes
-                else _encode_value(name, spec.kind, item)
-            )
-            parts.append(_FIELD.pack(spec.tag, len(raw)))
-            parts.append(raw)
     body = b"".join(parts)
     if len(body) + 2 > 0xFFFFFFFF:
         raise WireError("frame too large")
