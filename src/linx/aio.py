@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from . import _options
 from . import session as _sync
 from ._state import Info
 from .errors import NoProcess
@@ -35,7 +35,6 @@ class Session:
     def __init__(self, core: _sync.Session, events: asyncio.Queue[Event] | None) -> None:
         self._core = core
         self.events = events
-        self._default_owner: asyncio.Queue[Event] | None = None
 
     @property
     def host_pid(self) -> int | None:
@@ -43,8 +42,6 @@ class Session:
 
     @property
     def owner(self) -> Any:
-        if self._default_owner is not None:
-            return self._default_owner
         return self._core.owner
 
     @property
@@ -65,7 +62,6 @@ class Session:
 
     def set_owner(self, owner: Any) -> None:
         self._core.set_owner(owner)
-        self._default_owner = None
 
     def pty_write(self, data: bytes) -> None:
         self._core.pty_write(data)
@@ -103,31 +99,7 @@ class Session:
 
 
 async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: Any) -> Session:
-    """As `linx.spawn()`, with an `asyncio.Queue` as the default owner."""
-    if owner is not None:
-        return Session(_sync.spawn(argv, owner=owner, **options), None)
-    events: asyncio.Queue[Event] = asyncio.Queue()
-    core = _sync.spawn(argv, owner=_weak_queue_owner(events), **options)
-    session = Session(core, events)
-    session._default_owner = events
-    return session
-
-
-def _weak_queue_owner(events: asyncio.Queue[Event]) -> Any:
-    """An owner feeding `events` on this loop without keeping it (and so the session) alive.
-
-    The reactor holds a session's owner; were it the queue itself, the queued events (each
-    naming its session) would keep a dropped session alive for ever.
-    """
-    loop = asyncio.get_running_loop()
-    ref = weakref.ref(events)
-
-    def deliver(event: Event) -> None:
-        queue = ref()
-        if queue is not None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:
-                log.debug("linx: dropped %r, the owner's event loop is closed", event)
-
-    return deliver
+    """As `linx.spawn()`, with an `asyncio.Queue` fed on this loop as the default owner."""
+    plan = _options.plan_spawn(argv, owner=owner, **options)
+    events: asyncio.Queue[Event] | None = asyncio.Queue() if owner is None else None
+    return Session(_sync._start_plan(plan, owner, default_owner=events), events)

@@ -48,13 +48,24 @@ class Session:
             raise TypeError("use linx.spawn() to create a Session")
         self.events = None
         self._channel: Channel
+        self._own_deliver: Deliver
 
     @classmethod
-    def _start(cls, plan: _options.SpawnPlan, owner: Any, *, pty: bool = False) -> Session:
+    def _start(
+        cls, plan: _options.SpawnPlan, owner: Any, *, default_owner: Any = None, pty: bool = False
+    ) -> Session:
+        """Start a validated spawn. Without `owner`, events go to `default_owner` (a fresh
+        `queue.Queue` unless the caller brings its own kind, as `linx.aio` does)."""
         session = cls(_token=_PRIVATE)
         if owner is None:
-            session.events = owner = queue.Queue()
-            deliver = _deliver_to_events(weakref.ref(session))
+            owner = queue.Queue() if default_owner is None else default_owner
+            if isinstance(owner, queue.Queue):
+                session.events = owner
+            # The session owns its default owner; the channel, held by the reactor, reaches
+            # it only through the session, weakly. Were it the queue's `put`, the queued
+            # events (each naming its session) would keep a dropped session alive for ever.
+            session._own_deliver = make_deliver(owner)
+            deliver = _deliver_through(weakref.ref(session))
         else:
             deliver = make_deliver(owner)  # may still refuse it: before any fd or thread
         session._owner = owner
@@ -181,17 +192,13 @@ class Session:
 _PRIVATE = object()
 
 
-def _deliver_to_events(ref: weakref.ref[Session]) -> Deliver:
-    """Delivery to a session's own queue that does not keep the session alive.
-
-    The reactor holds a channel's delivery function; were it the queue's `put`, the queue's
-    events (each naming its session) would keep a dropped session alive for ever.
-    """
+def _deliver_through(ref: weakref.ref[Session]) -> Deliver:
+    """Delivery to a session's default owner that does not keep the session alive."""
 
     def deliver(event: Event) -> None:
         session = ref()
-        if session is not None and session.events is not None:
-            session.events.put(event)
+        if session is not None:
+            session._own_deliver(event)
 
     return deliver
 
@@ -253,8 +260,13 @@ def spawn(
         gid=gid,
         groups=groups,
     )
+    return _start_plan(plan, owner)
+
+
+def _start_plan(plan: _options.SpawnPlan, owner: Any, default_owner: Any = None) -> Session:
+    """`Session._start`, releasing the plan's fds if it fails (shared with `linx.aio`)."""
     try:
-        return Session._start(plan, owner)
+        return Session._start(plan, owner, default_owner=default_owner)
     except BaseException:
         plan.close_fds()
         raise
