@@ -63,16 +63,20 @@ def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> N
     assert running.events is not None
     assert isinstance(running.events.get(timeout=10), linx.Ready)  # its agent exists
     # Hold the reactor so that the application's own reaper surely takes the launcher first.
-    gate = threading.Event()
+    held, gate = threading.Event(), threading.Event()
 
     def hold_reactor() -> None:
+        held.set()
         gate.wait(10)
 
     get_runtime().reactor.call_soon(hold_reactor)
-    os.kill(launcher.pid, signal.SIGKILL)
-    reaped_pid, _ = os.waitpid(launcher.pid, 0)
-    assert reaped_pid == launcher.pid
-    gate.set()
+    assert held.wait(10), "the reactor never ran the hold"
+    try:
+        os.kill(launcher.pid, signal.SIGKILL)
+        reaped_pid, _ = os.waitpid(launcher.pid, 0)
+        assert reaped_pid == launcher.pid
+    finally:
+        gate.set()
     assert wait_until(lambda: not launcher.alive, 10)
     assert running.wait(timeout=10) == linx.Exited(code=0)  # its agent did not depend on it
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)

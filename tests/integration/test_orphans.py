@@ -121,7 +121,7 @@ def test_kill_policy_grace_ends_with_sigkill_for_a_workload_that_survives_sigter
     log = tmp_path / "terms"
     # The shell notes each SIGTERM and carries on; it is pid 1 of its own pid namespace,
     # so when SIGKILL ends it the kernel ends its `sleep` children too.
-    script = f'trap "echo term >> {log}" TERM; while :; do sleep 0.05; done'
+    script = f'trap "echo term >> {log}" TERM; echo trapped > {log}; while :; do sleep 0.05; done'
     session = linx.spawn(
         ["/bin/sh", "-c", script],
         namespaces=["pid"],
@@ -133,6 +133,9 @@ def test_kill_policy_grace_ends_with_sigkill_for_a_workload_that_survives_sigter
     host_pid = session.host_pid
     assert host_pid is not None
     try:
+        # Running means execve is done, not that the shell has its trap yet: a SIGTERM
+        # before the trap would be ignored (pid-namespace init, default disposition).
+        assert wait_until(lambda: log.exists(), timeout=5), "the workload never set its trap"
         dropped = time.monotonic()
         del session
         gc.collect()
