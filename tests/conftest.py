@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +74,64 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+@contextlib.contextmanager
+def short_tmp_dir() -> Iterator[str]:
+    """A fresh directory with a short path (sockets: sun_path holds 107 bytes), then removed."""
+    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    with short_tmp_dir() as directory:
+        yield directory
+
+
+def read_to_eof(fd: int, timeout: float = 10.0, already: bytes = b"") -> bytes:
+    """Everything readable from `fd` until EOF (after `already`); fails without EOF in time."""
+    deadline = time.monotonic() + timeout
+    data = already
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise AssertionError(f"no EOF within {timeout}s (read so far: {data!r})")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def capture_stdout(
+    spawn: Callable[..., linx.Session],
+    argv: list[str],
+    *,
+    wrap: Callable[[int], object] = lambda fd: fd,
+    stdio: dict[str, object] | None = None,
+    **options: object,
+) -> tuple[linx.Session, bytes]:
+    """Run `argv` with stdout on a fresh pipe and return the session and all it wrote.
+
+    The caller's write end is closed right after `spawn` (linx must hold its own copy), the
+    child is released (unless `auto_proceed`), and the output is read up to EOF, which comes
+    only once no copy of the write end is left anywhere.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        session = spawn(argv, stdio={**(stdio or {}), "stdout": wrap(write_end)}, **options)
+    finally:
+        os.close(write_end)
+    try:
+        if not options.get("auto_proceed"):
+            expect(session, linx.Ready)
+            session.proceed()
+        return session, read_to_eof(read_end)
+    finally:
+        os.close(read_end)
 
 
 def run_python(

@@ -6,7 +6,6 @@ import errno
 import os
 import signal
 import socket
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,35 +103,37 @@ def test_a_pre_exec_failure_leaves_no_zombie_and_no_process(
 # --- host-side connect_unix -------------------------------------------------------------------
 
 
-def test_connect_unix_to_a_missing_path_fails_before_any_process(session_factory: Factory) -> None:
-    path = os.path.join(tempfile.mkdtemp(prefix="linx-", dir="/tmp"), "nobody-listens")
-    session = session_factory(["/bin/true"], stdio={"stdout": ("connect_unix", path)})
+def fails_before_ready(session: linx.Session) -> linx.ProcessError:
+    """A session that fails before any clone: only `Failed`, no `Ready`, no host pid."""
     events = drain(session)
-    assert [type(e) for e in events] == [linx.Failed]  # no Ready
+    assert [type(e) for e in events] == [linx.Failed], events  # no Ready
     failed = events[0]
     assert isinstance(failed, linx.Failed)
-    assert_process_error(failed.error, "connect_unix", errno.ENOENT)
     assert no_more_events(session)
     assert session.host_pid is None  # nothing was cloned
+    return failed.error
+
+
+def test_connect_unix_to_a_missing_path_fails_before_any_process(
+    session_factory: Factory, short_dir: str
+) -> None:
+    path = os.path.join(short_dir, "nobody-listens")
+    session = session_factory(["/bin/true"], stdio={"stdout": ("connect_unix", path)})
+    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENOENT)
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)
     assert_process_error(raised.value, "connect_unix", errno.ENOENT)
-    os.rmdir(os.path.dirname(path))
 
 
-def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(session_factory: Factory) -> None:
-    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
-    path = os.path.join(directory, "s")
+def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(
+    session_factory: Factory, short_dir: str
+) -> None:
+    path = os.path.join(short_dir, "s")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:
         bound.bind(path)  # bound, never listening
         session = session_factory(["/bin/true"], stdio={"stderr": ("connect_unix", path)})
-        events = drain(session)
-    os.unlink(path)
-    os.rmdir(directory)
-    assert [type(e) for e in events] == [linx.Failed]
-    failed = events[0]
-    assert isinstance(failed, linx.Failed)
-    assert_process_error(failed.error, "connect_unix", errno.ECONNREFUSED)
+        error = fails_before_ready(session)
+    assert_process_error(error, "connect_unix", errno.ECONNREFUSED)
 
 
 def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
@@ -141,13 +142,7 @@ def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
     path = "/tmp/" + "x" * 195  # 200 characters: more than sun_path holds
     assert len(path) == 200
     session = session_factory(["/bin/true"], stdio={"stdin": ("connect_unix", path)})
-    events = drain(session)
-    assert [type(e) for e in events] == [linx.Failed]  # no Ready
-    failed = events[0]
-    assert isinstance(failed, linx.Failed)
-    assert_process_error(failed.error, "connect_unix", errno.ENAMETOOLONG)
-    assert no_more_events(session)
-    assert session.host_pid is None
+    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENAMETOOLONG)
 
 
 # --- the agent dies ---------------------------------------------------------------------------

@@ -410,6 +410,8 @@ def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
         del dropped
         closed = linx.spawn(["/bin/sleep", "30"])
         closed.close()
-    gc.collect()
-    assert wait_until(lambda: len(runtime._agents) == before, 10), runtime._agents
+    # gc inside the poll: an event in flight may hold a session through one collection.
+    assert wait_until(lambda: gc.collect() >= 0 and len(runtime._agents) == before, 10), (
+        runtime._agents
+    )
     assert wait_until(lambda: not any(pid_alive(p) for p in hosts if p is not None), 10)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,15 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import drain, expect, next_event, no_more_events, pid_alive, wait_until
+from tests.conftest import (
+    drain,
+    expect,
+    next_event,
+    no_more_events,
+    pid_alive,
+    short_tmp_dir,
+    wait_until,
+)
 
 Factory = Callable[..., linx.Session]
 
@@ -58,8 +64,11 @@ def stalled_listener() -> Iterator[Stall]:
     connect before it clones, so the session provably stays at `starting` (no `Spawned`,
     no `Ready`) until the test calls `stall.release()`.
     """
-    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
-    path = os.path.join(directory, "s")
+    with short_tmp_dir() as directory:
+        yield from _stalled_at(os.path.join(directory, "s"))
+
+
+def _stalled_at(path: str) -> Iterator[Stall]:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     clients: list[socket.socket] = []
     try:
@@ -84,7 +93,6 @@ def stalled_listener() -> Iterator[Stall]:
         server.close()
         for client in clients:
             client.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Gate:
@@ -139,16 +147,24 @@ def test_proceed_before_ready_raises_not_ready(session_factory: Factory) -> None
         assert conn.recv(100) == b"hi\n"
 
 
-def test_proceed_twice_raises_already_running(session_factory: Factory) -> None:
+@pytest.mark.parametrize("verb", ["proceed", "abort"])
+def test_proceed_or_abort_once_proceeded_raises_already_running(
+    session_factory: Factory, verb: str
+) -> None:
     session = session_factory(["/bin/sleep", "30"])
     expect(session, linx.Ready)
     session.proceed()
     with pytest.raises(linx.AlreadyRunning):  # proceeded, not yet running
-        session.proceed()
+        getattr(session, verb)()
     expect(session, linx.Running)
     with pytest.raises(linx.AlreadyRunning):  # running
-        session.proceed()
+        getattr(session, verb)()
     assert session.info().stage == linx.Stage.RUNNING
+    # The refused verb did not touch the workload.
+    assert no_more_events(session)
+    assert session.host_pid is not None and pid_alive(session.host_pid)
+    session.signal(signal.SIGKILL)
+    assert expect(session, linx.Signaled).signum == signal.SIGKILL
 
 
 def test_abort_at_ready_gives_aborted_and_the_workload_never_runs(
@@ -188,22 +204,6 @@ def test_abort_before_ready_is_buffered_and_fires_at_ready(
     ready = events[0]
     assert isinstance(ready, linx.Ready)
     assert not pid_alive(ready.host_pid)
-
-
-def test_abort_once_proceeded_raises_already_running(session_factory: Factory) -> None:
-    session = session_factory(["/bin/sleep", "30"])
-    expect(session, linx.Ready)
-    session.proceed()
-    with pytest.raises(linx.AlreadyRunning):  # proceeded, not yet running
-        session.abort()
-    expect(session, linx.Running)
-    with pytest.raises(linx.AlreadyRunning):  # running
-        session.abort()
-    # The refused abort did not touch the workload.
-    assert no_more_events(session)
-    assert session.host_pid is not None and pid_alive(session.host_pid)
-    session.signal(signal.SIGKILL)
-    assert expect(session, linx.Signaled).signum == signal.SIGKILL
 
 
 def test_signal_before_proceed_is_delivered_at_running(session_factory: Factory) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import expect
+from tests.conftest import capture_stdout, expect, read_to_eof
 
 Factory = Callable[..., linx.Session]
 
@@ -66,17 +66,8 @@ class Pipe:
         return [line.decode() for line in lines[:count]]
 
     def read_to_eof(self, timeout: float = 10.0) -> bytes:
-        deadline = time.monotonic() + timeout
         data, self._buffer = self._buffer, b""
-        while True:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.read_end], [], [], max(left, 0))
-            if not ready:
-                raise AssertionError(f"no EOF within {timeout}s: {data!r}")
-            chunk = os.read(self.read_end, 65536)
-            if not chunk:
-                return data
-            data += chunk
+        return read_to_eof(self.read_end, timeout, already=data)
 
 
 @pytest.fixture
@@ -189,40 +180,35 @@ def test_hostname_is_set_in_a_uts_namespace_only(session_factory: Factory, pipe:
     assert Path("/proc/sys/kernel/hostname").read_text().strip() == before
 
 
-def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespace() -> None:
-    read_end, write_end = os.pipe()
-    with linx.spawn(
+def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespace(
+    session_factory: Factory,
+) -> None:
+    session, output = capture_stdout(
+        session_factory,
         ["/bin/sh", "-c", "id -u; id -g; id -G"],
         uid=65534,
         gid=65534,
         groups=[65534, 100],
-        stdio={"stdout": write_end},
-        auto_proceed=True,
-    ) as session:
-        os.close(write_end)
-        assert session.wait(timeout=10) == linx.Exited(code=0)
-    with os.fdopen(read_end) as output:
-        uid, gid, groups = output.read().split("\n")[:3]
+    )
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    uid, gid, groups = output.decode().split("\n")[:3]
     assert (uid, gid) == ("65534", "65534")
     assert sorted(groups.split()) == ["100", "65534"]
 
 
-def test_env_and_cwd_follow_the_caller_after_the_launcher_started(tmp_path: Path) -> None:
+def test_env_and_cwd_follow_the_caller_after_the_launcher_started(
+    session_factory: Factory, tmp_path: Path
+) -> None:
     linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher exists now
-    read_end, write_end = os.pipe()
     old_cwd = os.getcwd()
     os.environ["LINX_TEST_LATE_VARIABLE"] = "late"
     os.chdir(tmp_path)
     try:
-        with linx.spawn(
-            ["/bin/sh", "-c", 'echo "$LINX_TEST_LATE_VARIABLE"; pwd'],
-            stdio={"stdout": write_end},
-            auto_proceed=True,
-        ) as session:
-            os.close(write_end)
-            assert session.wait(timeout=10) == linx.Exited(code=0)
+        session, output = capture_stdout(
+            session_factory, ["/bin/sh", "-c", 'echo "$LINX_TEST_LATE_VARIABLE"; pwd']
+        )
     finally:
         os.chdir(old_cwd)
         del os.environ["LINX_TEST_LATE_VARIABLE"]
-    with os.fdopen(read_end) as output:
-        assert output.read().split("\n")[:2] == ["late", str(tmp_path)]
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert output.decode().split("\n")[:2] == ["late", str(tmp_path)]

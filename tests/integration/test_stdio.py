@@ -3,35 +3,16 @@
 from __future__ import annotations
 
 import os
-import select
-import shutil
 import socket
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import linx
-from tests.conftest import expect, pid_alive, wait_until
+from tests.conftest import capture_stdout, expect, pid_alive, read_to_eof, wait_until
 
 Factory = Callable[..., linx.Session]
-
-
-def read_to_eof(fd: int, timeout: float = 10.0) -> bytes:
-    """Everything readable from `fd` until EOF; fails if EOF does not come within `timeout`."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([fd], [], [], max(left, 0))
-        if not ready:
-            raise AssertionError(f"no EOF within {timeout}s (read so far: {data!r})")
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def stdio_targets(pid: int) -> dict[int, str]:
@@ -49,19 +30,14 @@ def only_stdio_open(pid: int) -> bool:
 
 
 @pytest.fixture
-def unix_listener() -> Iterator[tuple[str, socket.socket]]:
-    """A listening AF_UNIX socket at a short path (sun_path holds 107 bytes)."""
-    directory = tempfile.mkdtemp(prefix="linx-", dir="/tmp")
-    path = os.path.join(directory, "s")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(4)
-    server.settimeout(10.0)
-    try:
+def unix_listener(short_dir: str) -> Iterator[tuple[str, socket.socket]]:
+    """A listening AF_UNIX socket at a short path."""
+    path = os.path.join(short_dir, "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(4)
+        server.settimeout(10.0)
         yield path, server
-    finally:
-        server.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def accept_and_read(server: socket.socket) -> bytes:
@@ -84,38 +60,22 @@ def test_devnull_gives_eof_on_stdin_and_discards_output(session_factory: Factory
 
 
 def test_devnull_stdin_reads_eof_immediately(session_factory: Factory) -> None:
-    r, w = os.pipe()
-    try:
-        session = session_factory(
-            ["/bin/sh", "-c", "if read line; then echo data; else echo eof; fi"],
-            stdio={"stdin": "devnull", "stdout": w},
-        )
-    finally:
-        os.close(w)
-    try:
-        expect(session, linx.Ready)
-        session.proceed()
-        assert read_to_eof(r) == b"eof\n"
-    finally:
-        os.close(r)
+    session, output = capture_stdout(
+        session_factory,
+        ["/bin/sh", "-c", "if read line; then echo data; else echo eof; fi"],
+        stdio={"stdin": "devnull"},
+    )
+    assert output == b"eof\n"
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
 def test_pipe_fd_gets_output_then_eof_after_the_caller_closed_its_copy(
     session_factory: Factory,
 ) -> None:
-    r, w = os.pipe()
-    try:
-        session = session_factory(["/bin/sh", "-c", "echo hello"], stdio={"stdout": w})
-    finally:
-        os.close(w)  # at once: linx must hold its own reference
-    try:
-        expect(session, linx.Ready)
-        session.proceed()
-        # EOF while the session is still open: nobody (linx included) keeps the write end.
-        assert read_to_eof(r) == b"hello\n"
-    finally:
-        os.close(r)
+    # capture_stdout closes the caller's write end at once; EOF then comes while the session
+    # is still open, so nobody (linx included) keeps a copy of it.
+    session, output = capture_stdout(session_factory, ["/bin/sh", "-c", "echo hello"])
+    assert output == b"hello\n"
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
@@ -153,19 +113,10 @@ class FileLike:
 
 
 def test_an_object_with_fileno_is_used_as_its_fd(session_factory: Factory) -> None:
-    r, w = os.pipe()
-    try:
-        session = session_factory(
-            ["/bin/sh", "-c", "echo via-fileno"], stdio={"stdout": FileLike(w)}
-        )
-    finally:
-        os.close(w)
-    try:
-        expect(session, linx.Ready)
-        session.proceed()
-        assert read_to_eof(r) == b"via-fileno\n"
-    finally:
-        os.close(r)
+    session, output = capture_stdout(
+        session_factory, ["/bin/sh", "-c", "echo via-fileno"], wrap=FileLike
+    )
+    assert output == b"via-fileno\n"
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
