@@ -30,6 +30,7 @@ class Runtime:
 
     def start(self, channel: Channel, plan: SpawnPlan) -> None:
         """Get an agent for `channel` and send it `plan`'s request. Closes `plan`'s fds."""
+        request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         token = next(self._tokens)
         try:
@@ -40,14 +41,14 @@ class Runtime:
             # launcher (protocol.md): the terminal frame is where the entry goes.
             channel.on_terminal = lambda: self._forget(token)
             channel.launcher = self._request_agent(token, theirs.fileno())
+            channel.attach(ours, request, plan.fds, plan.close_fds)
         except BaseException:
-            self._agents.pop(token, None)
+            self._forget(token)
             ours.close()
             plan.close_fds()
             raise
         finally:
             theirs.close()
-        channel.attach(ours, _wire.encode(plan.request), plan.fds, plan.close_fds)
 
     def _request_agent(self, token: int, fd: int) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
