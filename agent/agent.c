@@ -157,11 +157,20 @@ static void deliver(struct session *s, uint32_t signum)
 		notice(s, "signal", errno);
 }
 
-static void release(struct session *s)
+/* One byte on the release pipe lets the child past the checkpoint; the pipe is then done
+ * with (its EOF would mean abort). Returns 0 or the write's errno. */
+static int write_release(struct session *s)
 {
 	int err = write_all(s->child.release_wr, "G", 1);
 
 	close_fd(&s->child.release_wr);
+	return err;
+}
+
+static void release(struct session *s)
+{
+	int err = write_release(s);
+
 	if (err) {
 		fail(s, "exec_outcome", err);
 		return;
@@ -196,9 +205,8 @@ static void on_ready(struct session *s, int32_t child_pid)
  * spawn path. The workload is committed to run from here; an ABORT is too late. */
 static void release_early(struct session *s)
 {
-	int err = write_all(s->child.release_wr, "G", 1);
+	int err = write_release(s);
 
-	close_fd(&s->child.release_wr);
 	if (err)
 		fail(s, "ready_frame", err);
 	else
