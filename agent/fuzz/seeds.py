@@ -52,7 +52,7 @@ def main():
     spawn_dir, launcher_dir = sys.argv[1], sys.argv[2]
     for d, seeds in ((spawn_dir, spawn_seeds()), (launcher_dir, launcher_seeds())):
         for i, s in enumerate(seeds):
-            with open(os.path.join(d, "seed-%02d" % i), "wb") as f:
+            with open(os.path.join(d, f"seed-{i:02d}"), "wb") as f:
                 f.write(s)
 
 

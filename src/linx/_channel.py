@@ -72,6 +72,8 @@ class Channel:
         # Called once Python needs no more word of the agent (terminal, or released by
         # us); the runtime drops its entry then. Idempotent.
         self.on_terminal: Callable[[], None] = lambda: None
+        # Called once, in the reactor thread, when the agent's first frame arrives.
+        self.on_started: Callable[[], None] | None = None
         self.outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
         # Running futures cannot be cancelled, so no waiter can cancel the others' answer.
         self.outcome.set_running_or_notify_cancel()
@@ -236,10 +238,16 @@ class Channel:
             if isinstance(message, _wire.Notice):
                 log.debug("linx: agent notice: %s errno %d", message.stage, message.errno)
             self._emit(lambda state, m=message: state.receive(m))  # type: ignore[misc]
+        if self.on_started is not None:
+            # After this round of the loop: a waiter running the loop for its outcome
+            # (Reactor.run_until) returns first.
+            self._reactor.call_soon(self.on_started)
+            self.on_started = None
         if self.state.terminal:
             # The agent sends nothing after its terminal frame and exits: no need to wait
-            # for the EOF (one reactor wake-up less per session).
-            self._close_socket()
+            # for the EOF (one reactor wake-up less per session). After this round of the
+            # loop, like on_started.
+            self._reactor.call_soon(self._close_socket)
 
     def _on_eof(self) -> None:
         self._close_socket()

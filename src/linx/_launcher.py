@@ -33,6 +33,10 @@ class LauncherGone(Exception):
     """The launcher died; the caller should start a new one."""
 
 
+class LauncherBusy(Exception):
+    """The launcher's socket is full and the caller would rather not wait."""
+
+
 def agent_path() -> str:
     """The `linx-agent` program: `$LINX_AGENT`, or the one installed in the package."""
     override = os.environ.get(AGENT_ENV)
@@ -70,24 +74,32 @@ class Launcher:
         reactor.register(self._sock.fileno(), select.EPOLLIN, self._on_readable)
         reactor.register(self._pidfd, select.EPOLLIN, self._on_process_exit)
 
-    def start_agent(self, token: int, session_fd: int) -> None:
-        """Ask for an agent serving `session_fd`. Raises `LauncherGone` if it is dead."""
+    def start_agent(self, token: int, session_fd: int, *, block: bool = True) -> None:
+        """Ask for an agent serving `session_fd`. Raises `LauncherGone` if it is dead.
+
+        With `block=False`, raises `LauncherBusy` instead of waiting for the launcher to
+        read when nothing of the request could be sent.
+        """
         frame = _wire.encode(_wire.StartAgent(token=token))
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [session_fd]))]
         with self._send_lock:
             if not self.alive:
                 raise LauncherGone
             try:
-                self._send_all(frame, rights)
+                self._send_all(frame, rights, block)
             except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
                 raise LauncherGone from exc
 
-    def _send_all(self, frame: bytes, rights: list[tuple[int, int, array.array[int]]]) -> None:
+    def _send_all(
+        self, frame: bytes, rights: list[tuple[int, int, array.array[int]]], block: bool
+    ) -> None:
         view = memoryview(frame)
         while view:
             try:
                 sent = self._sock.sendmsg([view], rights)
             except BlockingIOError:
+                if not block and len(view) == len(frame):
+                    raise LauncherBusy from None
                 _wait_writable(self._sock)
                 continue
             view, rights = view[sent:], []

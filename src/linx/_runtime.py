@@ -11,12 +11,21 @@ import os
 import socket
 import threading
 import weakref
+from typing import NamedTuple
 
 from . import _wire
 from ._channel import Channel
-from ._launcher import Launcher, LauncherGone
+from ._launcher import Launcher, LauncherBusy, LauncherGone
 from ._options import SpawnPlan
 from ._reactor import Reactor
+
+
+class Agent(NamedTuple):
+    """An agent asked of a launcher, and the Python end of its session socket."""
+
+    token: int
+    sock: socket.socket
+    launcher: Launcher
 
 
 class Runtime:
@@ -27,35 +36,83 @@ class Runtime:
         self._tokens = itertools.count(1)
         self._agents: dict[int, Channel] = {}  # token -> channel, until the agent is reaped
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()  # closed after a fork
+        # One agent asked for ahead of need: a spawn that takes it sends its request straight
+        # to the agent, and the launcher's wake-up and fork happen off the spawn path
+        # (docs/performance.md). Asked for again while the previous spawn's workload runs.
+        self._spare: Agent | None = None
+        self._refilling = False
 
     def start(self, channel: Channel, plan: SpawnPlan) -> None:
         """Get an agent for `channel` and send it `plan`'s request. Closes `plan`'s fds."""
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        token = next(self._tokens)
+        try:
+            agent = self._take_spare() or self._new_agent(block=True)
+        except BaseException:
+            plan.close_fds()
+            raise
         try:
             with self._lock:
-                self._agents[token] = channel
+                self._agents[agent.token] = channel
                 self._channels.add(channel)
             # An agent that ends cleanly after its terminal frame is not reported by the
             # launcher (protocol.md): the terminal frame is where the entry goes.
-            channel.on_terminal = lambda: self._forget(token)
-            channel.launcher = self._request_agent(token, theirs.fileno())
-            channel.attach(ours, request, plan.fds, plan.close_fds)
+            channel.on_terminal = lambda: self._forget(agent.token)
+            channel.on_started = self._refill_spare
+            channel.launcher = agent.launcher
+            channel.attach(agent.sock, request, plan.fds, plan.close_fds)
         except BaseException:
-            self._forget(token)
-            ours.close()
+            self._forget(agent.token)
+            agent.sock.close()
             plan.close_fds()
+            raise
+
+    def _new_agent(self, *, block: bool) -> Agent:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        token = next(self._tokens)
+        try:
+            launcher = self._request_agent(token, theirs.fileno(), block=block)
+        except BaseException:
+            ours.close()
             raise
         finally:
             theirs.close()
+        return Agent(token, ours, launcher)
 
-    def _request_agent(self, token: int, fd: int) -> Launcher:
+    def _take_spare(self) -> Agent | None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and not spare.launcher.alive:
+            # Its launcher may have died before forking it: not worth finding out.
+            spare.sock.close()
+            return None
+        return spare
+
+    def _refill_spare(self) -> None:
+        """Ask for the next spare agent (reactor thread, once per session)."""
+        with self._lock:
+            if self._spare is not None or self._refilling:
+                return
+            launcher = self._launcher
+            if launcher is None or not launcher.alive:
+                return  # the next spawn starts a launcher; never from the reactor
+            self._refilling = True
+        try:
+            spare: Agent | None = self._new_agent(block=False)
+        except (OSError, LauncherBusy):
+            spare = None  # the next spawn asks for its agent itself
+        with self._lock:
+            self._refilling = False
+            if self._spare is None:
+                self._spare, spare = spare, None
+        if spare is not None:
+            spare.sock.close()
+
+    def _request_agent(self, token: int, fd: int, *, block: bool) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
         for _ in range(2):
             launcher = self._current_launcher()
             try:
-                launcher.start_agent(token, fd)
+                launcher.start_agent(token, fd, block=block)
                 return launcher
             except LauncherGone:
                 with self._lock:
@@ -80,14 +137,25 @@ class Runtime:
     def _agent_exited(self, token: int, status: int) -> None:
         with self._lock:
             channel = self._agents.pop(token, None)
+        self._drop_spare(token)
         if channel is not None:
             channel.agent_exited(status)
 
     def _launch_failed(self, token: int, stage: str, code: int) -> None:
         with self._lock:
             channel = self._agents.pop(token, None)
+        self._drop_spare(token)
         if channel is not None:
             channel.launch_failed(stage, code)
+
+    def _drop_spare(self, token: int) -> None:
+        # The spare's agent died waiting, or was never forked: no spawn is to get it.
+        with self._lock:
+            spare = self._spare
+            if spare is None or spare.token != token:
+                return
+            self._spare = None
+        spare.sock.close()
 
     def _launcher_gone(self, launcher: Launcher) -> None:
         with self._lock:
@@ -103,6 +171,9 @@ class Runtime:
         for channel in list(self._channels):
             channel.forget_in_child()
         self._agents.clear()
+        if self._spare is not None:
+            self._spare.sock.close()
+            self._spare = None
         if self._launcher is not None:
             self._launcher.forget_in_child()
         self.reactor.forget_in_child()

@@ -6,10 +6,11 @@ import asyncio
 import os
 import signal
 import threading
+from pathlib import Path
 
 import linx
 import linx.aio
-from linx._runtime import get_runtime
+from linx._runtime import Agent, get_runtime
 from tests.conftest import wait_until
 
 
@@ -84,10 +85,53 @@ def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> N
     assert fresh is not None and fresh.pid != launcher.pid
 
 
+def _take_spare_agent() -> Agent:
+    """Wait for the runtime's spare agent and take it, as a spawn would."""
+    runtime = get_runtime()
+    assert wait_until(lambda: runtime._spare is not None, 10)
+    spare = runtime._take_spare()
+    assert spare is not None
+    return spare
+
+
+def _launcher_children(launcher_pid: int) -> set[int]:
+    text = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text()
+    return {int(pid) for pid in text.split()}
+
+
+def test_a_spawn_takes_the_spare_agent_so_it_does_not_wait_for_the_launcher() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    runtime = get_runtime()
+    assert wait_until(lambda: runtime._spare is not None, 10)
+    launcher = runtime._launcher
+    assert launcher is not None
+    os.kill(launcher.pid, signal.SIGSTOP)
+    try:
+        session = linx.spawn(["/bin/true"], auto_proceed=True)
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+    finally:
+        os.kill(launcher.pid, signal.SIGCONT)
+
+
+def test_a_spare_agent_that_dies_waiting_is_replaced_not_handed_to_a_spawn() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    runtime = get_runtime()
+    launcher = runtime._launcher
+    assert launcher is not None
+    assert wait_until(lambda: runtime._spare is not None, 10)
+    # With no session running, the launcher's one child is the spare's agent.
+    assert wait_until(lambda: len(_launcher_children(launcher.pid)) == 1, 10)
+    (spare_agent,) = _launcher_children(launcher.pid)
+    os.kill(spare_agent, signal.SIGKILL)
+    assert wait_until(lambda: runtime._spare is None, 10)
+    assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
+
+
 def test_a_spawn_lost_with_a_dying_launcher_fails_as_agent_died_not_hangs() -> None:
     linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
     launcher = get_runtime()._launcher
     assert launcher is not None
+    _take_spare_agent().sock.close()  # so the next spawn needs the launcher
     os.kill(launcher.pid, signal.SIGSTOP)  # it cannot take the next request...
     lost = linx.spawn(["/bin/true"], auto_proceed=True)
     os.kill(launcher.pid, signal.SIGKILL)  # ...and dies with it unread
