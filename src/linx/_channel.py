@@ -28,7 +28,6 @@ from .events import Event, Outcome
 
 log = logging.getLogger("linx")
 
-READ_SIZE = 1 << 18
 STATUS_GRACE = 2.0  # seconds to wait for the launcher's word on a vanished agent
 Result = Outcome | ProcessError
 
@@ -219,11 +218,11 @@ class Channel:
         if sock is None:
             return
         try:
-            data = sock.recv(READ_SIZE)
+            data = self._reactor.recv(sock)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            data = memoryview(b"")
         if not data:
             self._on_eof()
             return

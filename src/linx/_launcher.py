@@ -108,11 +108,11 @@ class Launcher:
 
     def _on_readable(self, _events: int) -> None:
         try:
-            data = self._sock.recv(65536)
+            data = self._reactor.recv(self._sock)
         except BlockingIOError:
             return
         except OSError:
-            data = b""
+            data = memoryview(b"")
         if not data:
             self._gone()
             return

@@ -349,7 +349,7 @@ class FrameReader:
         self._buf = bytearray()
         self._broken: WireError | None = None
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | memoryview) -> list[Message]:
         if self._broken is not None:
             raise self._broken
         self._buf += data
