@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import NOBODY, ROOT
+from tests.integration.test_lifecycle import stalled_listener
 
 PATHS = {"vfork": "0", "fork": "1"}  # LINX_AGENT_NO_VFORK for each path
 
@@ -198,6 +200,40 @@ def test_a_map_the_kernel_refuses_fails_at_its_stage(path: str) -> None:
     result = run_scenario(path, {**options, "drop_setfcap": True})
     assert result["events"] == ["Failed"]
     assert result["failed"] == ["uid_map", errno.EPERM]
+
+
+SIGNAL_WHILE_STARTING = """
+import json, signal, sys, linx
+session = linx.spawn(
+    ["/bin/sleep", "30"], stdio={"stdout": ("connect_unix", PATH)}, auto_proceed=True
+)
+session.signal(signal.SIGTERM)
+print(session.info().stage, flush=True)
+sys.stdin.readline()  # the test has let the agent's connect through
+events = [session.events.get(timeout=20) for _ in range(3)]
+print(json.dumps([[type(e).__name__, getattr(e, "signum", None)] for e in events]))
+"""
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_signal_sent_before_the_clone_is_delivered_after_running(path: str) -> None:
+    # The agent is held in its host-side connect, before the clone, while the signal goes.
+    with stalled_listener() as stall:
+        code = f"PATH = {stall.path!r}\n" + textwrap.dedent(SIGNAL_WHILE_STARTING)
+        with subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(PATHS[path]),
+            cwd="/",
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            assert proc.stdout.readline().strip() == "starting"
+            stall.release()
+            out, _ = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0
+    assert json.loads(out) == [["Ready", None], ["Running", None], ["Signaled", signal.SIGTERM]]
 
 
 # --- which clone the agent made ---------------------------------------------------------
