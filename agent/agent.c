@@ -276,6 +276,28 @@ static void exec_outcome(struct session *s)
 	s->nsigs = 0;
 }
 
+/* A vforked child has exec'd or exited by the time clone returns, so all it will ever
+ * write is in the pipe already; only its CLOEXEC write end may close a moment later.
+ * Rather than wait for that EOF, read once (non-blocking: a pipe read takes every buffered
+ * byte up to the count, and the child writes at most a ready record, 'E' and one error
+ * record) and treat what came as if EOF followed it: the same rules as the other path. */
+static void vforked_outcome(struct session *s)
+{
+	ssize_t n = read_some(s->child.report_rd, s->rep, sizeof(s->rep));
+
+	if (n == -EAGAIN)
+		n = 0;
+	if (n < 0) {
+		fail(s, "ready_frame", (int)-n);
+		return;
+	}
+	s->rep_len = (size_t)n;
+	s->released_early = 1;
+	parse_ready(s, 1);
+	if (!s->done)
+		exec_outcome(s);
+}
+
 static void on_report(struct session *s)
 {
 	if (s->rep_len == sizeof(s->rep)) {
@@ -353,7 +375,9 @@ static void on_request(struct session *s, const struct wire_frame *f)
 	close_passed(s);
 	s->phase = PH_STARTING;
 	send_u32s(s, MSG_SPAWNED, 2, (uint32_t)s->child.pid, (uint32_t)getpid());
-	if (spawn_write_maps(&s->req, s->child.pid, &fl))
+	if (s->child.vforked)
+		vforked_outcome(s);
+	else if (spawn_write_maps(&s->req, s->child.pid, &fl))
 		fail(s, fl.stage, fl.err);
 	else if (s->req.auto_proceed)
 		release_early(s);

@@ -1,7 +1,9 @@
 /* child: the code that runs in the cloned child between clone and execve: checkpoint,
  * then one ordered table of pre-exec steps. Must never allocate, use stdio, or return:
  * everything it needs is prepared by spawn.c before clone, and every way out is execve
- * or _exit. */
+ * or _exit. Vforked, it runs on the agent's memory: it must write nothing but its own
+ * stack (and errno, which the agent does not read after a successful clone). Every
+ * function here is CHILD_CODE (util.h). */
 #define _GNU_SOURCE
 #include "child.h"
 
@@ -22,7 +24,7 @@
  * so it is armed again after the id steps. The second half closes the race where the
  * agent died before prctl: the agent holds the report pipe's read end until it exits,
  * and poll on a write end with no reader says POLLERR. */
-static int arm_pdeathsig(const struct child_plan *p)
+CHILD_CODE static int arm_pdeathsig(const struct child_plan *p)
 {
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
 		return errno;
@@ -37,7 +39,7 @@ static int arm_pdeathsig(const struct child_plan *p)
 	return 0;
 }
 
-static int step_stdio(const struct child_plan *p)
+CHILD_CODE static int step_stdio(const struct child_plan *p)
 {
 	/* every source is >= 3 (the agent keeps 0/1/2 open), so no dup2 clobbers another */
 	for (int t = 0; t < 3; t++)
@@ -57,7 +59,7 @@ static int step_stdio(const struct child_plan *p)
 	return 0;
 }
 
-static int step_chdir(const struct child_plan *p)
+CHILD_CODE static int step_chdir(const struct child_plan *p)
 {
 	if (p->req->cwd && chdir(p->req->cwd) < 0)
 		return errno;
@@ -66,14 +68,14 @@ static int step_chdir(const struct child_plan *p)
 
 /* Raw syscalls for the id changes: glibc's wrappers broadcast to all threads through its
  * own bookkeeping, which a raw clone child does not have in a consistent state. */
-static int step_setgroups(const struct child_plan *p)
+CHILD_CODE static int step_setgroups(const struct child_plan *p)
 {
 	if (p->req->has_groups && syscall(SYS_setgroups, p->req->ngroups, p->req->groups) < 0)
 		return errno;
 	return 0;
 }
 
-static int step_setgid(const struct child_plan *p)
+CHILD_CODE static int step_setgid(const struct child_plan *p)
 {
 	gid_t g = p->req->gid;
 
@@ -82,7 +84,7 @@ static int step_setgid(const struct child_plan *p)
 	return 0;
 }
 
-static int step_setuid(const struct child_plan *p)
+CHILD_CODE static int step_setuid(const struct child_plan *p)
 {
 	uid_t u = p->req->uid;
 
@@ -91,7 +93,7 @@ static int step_setuid(const struct child_plan *p)
 	return 0;
 }
 
-static int step_no_new_privs(const struct child_plan *p)
+CHILD_CODE static int step_no_new_privs(const struct child_plan *p)
 {
 	if (p->req->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return errno;
@@ -101,7 +103,7 @@ static int step_no_new_privs(const struct child_plan *p)
 /* Ignored signals and the mask survive execve; the workload starts clean. linx-agent reset
  * every disposition when it started (reset_all_signals), so only the ones it ignores since
  * are left to undo: three syscalls instead of sixty-four on the spawn path. */
-static int step_signals(const struct child_plan *p)
+CHILD_CODE static int step_signals(const struct child_plan *p)
 {
 	static const int ignored[] = AGENT_IGNORED_SIGNALS;
 	sigset_t none;
@@ -119,7 +121,7 @@ static int step_signals(const struct child_plan *p)
 }
 
 /* CLOEXEC rather than close: the report pipe must stay open up to execve itself. */
-static int step_close_fds(const struct child_plan *p)
+CHILD_CODE static int step_close_fds(const struct child_plan *p)
 {
 	(void)p;
 	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
@@ -147,13 +149,51 @@ static const struct {
 	 * is left, write (the 'E'/'X' records) and execve */
 };
 
-static _Noreturn void die(const struct child_plan *p, const char *stage, int err)
+CHILD_CODE static _Noreturn void die(const struct child_plan *p, const char *stage, int err)
 {
 	report_error(p->report_wr, stage, err);
 	_exit(127);
 }
 
-_Noreturn void child_main(const struct child_plan *p)
+/* The agent writes these from outside when it can wait for us; a vforked child writes its
+ * own, which the kernel allows for the single line mapping its own euid/egid (and the
+ * gid only after setgroups "deny"): exactly the maps spawn.c lets through. */
+CHILD_CODE static int write_self(const char *path, const char *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	/* these files take exactly one write */
+	ssize_t n = write(fd, data, len);
+	int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+	close(fd);
+	return err;
+}
+
+CHILD_CODE static void write_own_maps(const struct child_plan *p)
+{
+	const struct spawn_req *r = p->req;
+	int err;
+
+	if (r->setgroups && (err = write_self("/proc/self/setgroups", r->setgroups, r->setgroups_len)))
+		die(p, "setgroups_file", err);
+	if (r->uid_map && (err = write_self("/proc/self/uid_map", r->uid_map, r->uid_map_len)))
+		die(p, "uid_map", err);
+	if (r->gid_map && (err = write_self("/proc/self/gid_map", r->gid_map, r->gid_map_len)))
+		die(p, "gid_map", err);
+}
+
+/* One byte releases us; EOF means abort, or the agent is gone. */
+CHILD_CODE static void checkpoint(const struct child_plan *p)
+{
+	char go;
+
+	if (read_some(p->release_rd, &go, 1) != 1)
+		_exit(0);
+	close(p->release_rd);
+}
+
+CHILD_CODE _Noreturn void child_main(const struct child_plan *p)
 {
 	const struct spawn_req *r = p->req;
 	int err;
@@ -163,25 +203,31 @@ _Noreturn void child_main(const struct child_plan *p)
 	for (int i = 0; i < 4; i++)
 		if (p->close_fds[i] >= 0)
 			close(p->close_fds[i]);
+	if (p->vforked)
+		write_own_maps(p);
 
 	if (r->hostname && sethostname(r->hostname, r->hostname_len) < 0)
 		die(p, "sethostname", errno);
 
-	/* the checkpoint: one byte releases us; EOF means abort, or the agent is gone */
 	if (report_ready(p->report_wr, (int32_t)getpid()))
 		_exit(127);
-	char go;
-	if (read_some(p->release_rd, &go, 1) != 1)
-		_exit(0);
-	close(p->release_rd);
+	/* vforked, the agent cannot release us until we exec: auto_proceed is implied */
+	if (!p->vforked)
+		checkpoint(p);
 
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++)
 		if ((err = steps[i].run(p)))
 			die(p, steps[i].stage, err);
 
-	/* 'E' then EOF (the pipe is CLOEXEC) tells the agent execve worked */
+	/* 'E' then EOF (the pipe is CLOEXEC), or vforked, 'E' and clone returning, tells the
+	 * agent execve worked */
 	if (report_exec(p->report_wr))
 		_exit(127);
 	execve(r->argv[0], r->argv, r->envp);
 	die(p, "execve", errno);
+}
+
+CHILD_CODE int child_vfork_entry(void *arg)
+{
+	child_main(arg);
 }

@@ -1,7 +1,8 @@
 /* child: the code that runs in the cloned child between clone and execve: checkpoint,
  * then one ordered table of pre-exec steps. Must never allocate, use stdio, or return:
  * everything it needs is prepared by spawn.c before clone, and every way out is execve
- * or _exit. */
+ * or _exit. Vforked, it runs on the agent's memory: it must write nothing but its own
+ * stack (and errno, which the agent does not read after a successful clone). */
 #ifndef LINX_CHILD_H
 #define LINX_CHILD_H
 
@@ -15,11 +16,17 @@ struct child_plan {
 	int stdio_src[3];	/* fd to dup2 onto 0/1/2, or -1 */
 	int stdio_close[3];	/* close 0/1/2 */
 	int report_wr;		/* child's end of the report pipe */
-	int release_rd;		/* child's end of the release pipe */
+	int release_rd;		/* child's end of the release pipe; -1 when vforked */
 	int close_fds[4];	/* the agent's fds the child must not keep (-1: none) */
 	pid_t agent_pid;
+	int vforked;		/* clone(CLONE_VM | CLONE_VFORK): the agent is suspended until
+				 * we exec or exit, so there is no checkpoint, and the id maps are
+				 * ours to write (spawn.c took this path only if we can) */
 };
 
 _Noreturn void child_main(const struct child_plan *p);
+
+/* child_main for glibc's clone(): arg is the plan. */
+int child_vfork_entry(void *arg);
 
 #endif

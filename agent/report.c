@@ -9,7 +9,7 @@
 #include "util.h"
 #include "wire.h"
 
-static void put_i32(uint8_t *p, int32_t v)
+CHILD_CODE static void put_i32(uint8_t *p, int32_t v)
 {
 	uint32_t u = (uint32_t)v;
 
@@ -17,7 +17,7 @@ static void put_i32(uint8_t *p, int32_t v)
 		p[i] = (uint8_t)(u >> (8 * i));
 }
 
-int report_ready(int fd, int32_t pid)
+CHILD_CODE int report_ready(int fd, int32_t pid)
 {
 	uint8_t rec[5] = { REPORT_READY };
 
@@ -25,7 +25,7 @@ int report_ready(int fd, int32_t pid)
 	return write_all(fd, rec, sizeof(rec));
 }
 
-int report_error(int fd, const char *stage, int err)
+CHILD_CODE int report_error(int fd, const char *stage, int err)
 {
 	uint8_t rec[REPORT_MAX] = { REPORT_ERROR };
 	size_t n = strlen(stage);
@@ -38,7 +38,7 @@ int report_error(int fd, const char *stage, int err)
 	return write_all(fd, rec, 6 + n);
 }
 
-int report_exec(int fd)
+CHILD_CODE int report_exec(int fd)
 {
 	return write_all(fd, "E", 1);
 }

@@ -1,6 +1,7 @@
 /* spawn: the agent's side of making and handling its one child: host-side stdio, pipes,
- * clone3 (or its fallback), the uid/gid maps written from outside, kill and reap. Must
- * never talk to Python (agent.c does) nor run code meant for the child (child.c). */
+ * clone3 (or its fallback, or the vfork path), the uid/gid maps written from outside,
+ * kill and reap. Must never talk to Python (agent.c does) nor run code meant for the
+ * child (child.c). */
 #ifndef LINX_SPAWN_H
 #define LINX_SPAWN_H
 
@@ -13,13 +14,16 @@ struct child {
 	pid_t pid;		/* 0: none, or reaped */
 	int pidfd;
 	int report_rd;		/* agent's end of the report pipe */
-	int release_wr;		/* agent's end of the release pipe */
+	int release_wr;		/* agent's end of the release pipe; -1 when vforked */
+	int vforked;		/* made by clone(CLONE_VM | CLONE_VFORK): it has exec'd or
+				 * exited by now, and report_rd (non-blocking) holds all it wrote */
 };
 
-#define CHILD_NONE { 0, -1, -1, -1 }
+#define CHILD_NONE { 0, -1, -1, -1, 0 }
 
-/* Creates the child parked at the checkpoint. passed: the fds received with the request,
- * which the caller still owns. ctl_fd: the control socket, which the child must not keep.
+/* Creates the child parked at the checkpoint or, for an auto_proceed request that allows
+ * it, vforked (see vfork_fits). passed: the fds received with the request, which the
+ * caller still owns. ctl_fd: the control socket, which the child must not keep.
  * Returns 0, or -1 with *f set and nothing left behind. */
 int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 		struct child *c, struct fail *f);

@@ -10,7 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-int write_all(int fd, const void *buf, size_t len)
+CHILD_CODE int write_all(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
 
@@ -27,7 +27,7 @@ int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-ssize_t read_some(int fd, void *buf, size_t len)
+CHILD_CODE ssize_t read_some(int fd, void *buf, size_t len)
 {
 	for (;;) {
 		ssize_t n = read(fd, buf, len);
@@ -91,7 +91,7 @@ struct kernel_sigaction {
 	unsigned long mask;
 };
 
-int default_signal(int signum)
+CHILD_CODE int default_signal(int signum)
 {
 	struct kernel_sigaction dfl = { .handler = SIG_DFL };
 

@@ -153,6 +153,45 @@ def run_python(
     )
 
 
+NOBODY = 65534
+
+
+def _runs_as_nobody(python: str) -> bool:
+    try:
+        done = subprocess.run(
+            [python, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            capture_output=True,
+            timeout=30,
+            cwd="/",
+        )
+    except (PermissionError, FileNotFoundError):
+        return False
+    return done.returncode == 0
+
+
+@pytest.fixture
+def nobody_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `run_python(user=NOBODY)` work: it needs an interpreter nobody may execute.
+
+    The test venv may live under a directory only root can enter (/root/.pyenv); then a
+    system Python 3.11+ is used instead (linx has no dependencies, the checkout is on
+    PYTHONPATH).
+    """
+    if _runs_as_nobody(sys.executable):
+        return
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3")):
+        if candidate and _runs_as_nobody(candidate):
+            monkeypatch.setattr(sys, "executable", candidate)
+            return
+    pytest.fail(
+        f"rootless use cannot be tested: no Python >= 3.11 that uid {NOBODY} may run "
+        f"({sys.executable} is not); install one outside /root (e.g. Debian's python3)"
+    )
+
+
 @pytest.fixture
 def session_factory() -> Iterator[Callable[..., linx.Session]]:
     """`spawn` that closes every session it made at the end of the test."""

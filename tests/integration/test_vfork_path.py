@@ -1,0 +1,296 @@
+"""The vfork path: an `auto_proceed` child made with clone(CLONE_VM | CLONE_VFORK).
+
+Every scenario runs in a fresh interpreter (the agent reads LINX_AGENT_NO_VFORK from the
+environment the launcher started with) once on each path, against the same expectations:
+what Python sees must not depend on the path. strace shows which clone the agent made.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import NOBODY, ROOT
+from tests.integration.test_lifecycle import stalled_listener
+
+PATHS = {"vfork": "0", "fork": "1"}  # LINX_AGENT_NO_VFORK for each path
+
+# The workload reports what it sees, then holds until its stdin closes, so that the host
+# can look at it in /proc while it runs.
+REPORT_AND_HOLD = ["/bin/sh", "-c", "id -u; id -g; echo $$; echo --; exec cat >/dev/null"]
+
+# Runs one spawn with the options in OPTIONS; prints a JSON summary of what Python saw.
+SCENARIO = """
+import ctypes, json, os, linx
+
+options = json.loads(OPTIONS)
+argv = options.pop("argv")
+if options.pop("drop_setfcap", False):
+    # out of the bounding set: the launcher and agents linx starts from here lack it
+    PR_CAPBSET_DROP, CAP_SETFCAP = 24, 31
+    assert ctypes.CDLL(None, use_errno=True).prctl(PR_CAPBSET_DROP, CAP_SETFCAP, 0, 0, 0) == 0
+in_r, in_w = os.pipe()
+out_r, out_w = os.pipe()
+session = linx.spawn(argv, stdio={"stdin": in_r, "stdout": out_w}, auto_proceed=True, **options)
+os.close(in_r)
+os.close(out_w)
+events = []
+while not events or not isinstance(events[-1], (linx.Running, linx.Exited, linx.Failed)):
+    events.append(session.events.get(timeout=20))
+host = {}
+out = b""
+if isinstance(events[-1], linx.Running):
+    while not out.endswith(b"--\\n"):
+        chunk = os.read(out_r, 4096)
+        assert chunk, out
+        out += chunk
+    pid = session.info().host_pid
+    for name in ("uid_map", "gid_map", "setgroups"):
+        with open(f"/proc/{pid}/{name}") as f:
+            host[name] = f.read().split()
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    host["uid"] = int(fields["Uid"].split()[1])
+    host["gid"] = int(fields["Gid"].split()[1])
+os.close(in_w)
+while chunk := os.read(out_r, 4096):
+    out += chunk
+while not isinstance(events[-1], (linx.Exited, linx.Signaled, linx.Failed)):
+    events.append(session.events.get(timeout=20))
+end = events[-1]
+print(json.dumps({
+    "events": [type(e).__name__ for e in events],
+    "failed": [end.error.stage, end.error.errno] if isinstance(end, linx.Failed) else None,
+    "child_pid": session.info().child_pid,
+    "out": out.decode().split(),
+    "host": host,
+}))
+session.close()
+"""
+
+
+def _env(no_vfork: str) -> dict[str, str]:
+    env = {**os.environ, "LINX_AGENT_NO_VFORK": no_vfork}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def run_scenario(path: str, options: dict[str, object], user: int | None = None) -> dict[str, Any]:
+    code = f"OPTIONS = {json.dumps(options)!r}\n" + textwrap.dedent(SCENARIO)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(PATHS[path]),
+        user=user,
+        group=user,
+        extra_groups=[] if user is not None else None,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_self_map_makes_the_workload_root_inside_and_itself_outside(path: str) -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    result = run_scenario(
+        path,
+        {
+            "argv": REPORT_AND_HOLD,
+            "namespaces": ["user"],
+            "uid_map": [[0, uid, 1]],
+            "gid_map": [[0, gid, 1]],
+            "setgroups": "deny",
+        },
+    )
+    assert result["events"] == ["Ready", "Running", "Exited"]
+    assert result["out"][:2] == ["0", "0"]  # id -u, id -g inside
+    assert result["host"] == {
+        "uid_map": ["0", str(uid), "1"],
+        "gid_map": ["0", str(gid), "1"],
+        "setgroups": ["deny"],
+        "uid": uid,
+        "gid": gid,
+    }
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_unprivileged_self_map(path: str, nobody_python: None) -> None:
+    result = run_scenario(
+        path,
+        {
+            "argv": REPORT_AND_HOLD,
+            "namespaces": ["user", "pid", "mount", "uts", "ipc"],
+            "uid_map": [[0, NOBODY, 1]],
+            "gid_map": [[0, NOBODY, 1]],
+            "hostname": "inside",
+        },
+        user=NOBODY,
+    )
+    assert result["events"] == ["Ready", "Running", "Exited"]
+    assert result["out"] == ["0", "0", "1", "--"]
+    assert result["child_pid"] == 1
+    host = result["host"]
+    assert (host["uid_map"], host["uid"], host["gid"]) == (["0", str(NOBODY), "1"], NOBODY, NOBODY)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_map_the_child_cannot_write_itself_still_works(path: str) -> None:
+    result = run_scenario(
+        path, {"argv": REPORT_AND_HOLD, "namespaces": ["user"], "uid_map": [[0, 1000, 1]]}
+    )
+    assert result["events"] == ["Ready", "Running", "Exited"]
+    assert result["out"][0] == "65534"  # our uid is not mapped in there
+    assert result["host"]["uid_map"] == ["0", "1000", "1"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_pid_namespace_child_is_pid_one(path: str) -> None:
+    result = run_scenario(path, {"argv": REPORT_AND_HOLD, "namespaces": ["pid", "mount"]})
+    assert result["events"] == ["Ready", "Running", "Exited"]
+    assert result["child_pid"] == 1
+    assert result["out"][2] == "1"  # $$
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("options", "stage"),
+    [
+        ({"argv": ["/nonexistent/linx-workload"]}, "execve"),
+        ({"argv": REPORT_AND_HOLD, "cwd": "/nonexistent/linx-cwd"}, "chdir"),
+        (
+            {
+                "argv": ["/nonexistent/linx-workload"],
+                "namespaces": ["user", "pid"],
+                "uid_map": [[0, os.geteuid(), 1]],
+                "gid_map": [[0, os.getegid(), 1]],
+            },
+            "execve",
+        ),
+    ],
+    ids=["execve", "chdir", "execve-in-userns"],
+)
+def test_pre_exec_failure_is_an_error_and_never_running(
+    path: str, options: dict[str, object], stage: str
+) -> None:
+    result = run_scenario(path, options)
+    assert result["events"] == ["Ready", "Failed"]
+    assert result["failed"] == [stage, errno.ENOENT]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_map_the_kernel_refuses_fails_at_its_stage(path: str) -> None:
+    # Mapping host uid 0 needs CAP_SETFCAP (user_namespaces(7)), whether the child writes
+    # its own map or the agent writes it from outside.
+    options = {"argv": ["/bin/true"], "namespaces": ["user"], "uid_map": [[0, 0, 1]]}
+    result = run_scenario(path, {**options, "drop_setfcap": True})
+    assert result["events"] == ["Failed"]
+    assert result["failed"] == ["uid_map", errno.EPERM]
+
+
+SIGNAL_WHILE_STARTING = """
+import json, signal, sys, linx
+session = linx.spawn(
+    ["/bin/sleep", "30"], stdio={"stdout": ("connect_unix", PATH)}, auto_proceed=True
+)
+session.signal(signal.SIGTERM)
+print(session.info().stage, flush=True)
+sys.stdin.readline()  # the test has let the agent's connect through
+events = [session.events.get(timeout=20) for _ in range(3)]
+print(json.dumps([[type(e).__name__, getattr(e, "signum", None)] for e in events]))
+"""
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_signal_sent_before_the_clone_is_delivered_after_running(path: str) -> None:
+    # The agent is held in its host-side connect, before the clone, while the signal goes.
+    with stalled_listener() as stall:
+        code = f"PATH = {stall.path!r}\n" + textwrap.dedent(SIGNAL_WHILE_STARTING)
+        with subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_env(PATHS[path]),
+            cwd="/",
+        ) as proc:
+            assert proc.stdin is not None and proc.stdout is not None
+            assert proc.stdout.readline().strip() == "starting"
+            stall.release()
+            out, _ = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0
+    assert json.loads(out) == [["Ready", None], ["Running", None], ["Signaled", signal.SIGTERM]]
+
+
+# --- which clone the agent made ---------------------------------------------------------
+
+STRACE_CLONES = ["strace", "-f", "-qq", "-e", "trace=clone,clone3", "-e", "signal=none"]
+STRACED = """
+import linx, os
+session = linx.spawn(["/bin/true"], **OPTIONS)
+if not OPTIONS.get("auto_proceed"):
+    assert isinstance(session.events.get(timeout=20), linx.Ready)
+    session.proceed()
+print(session.wait(20))
+"""
+
+SELF_MAPS = {
+    "namespaces": ["user", "pid"],
+    "uid_map": [(0, os.geteuid(), 1)],
+    "gid_map": [(0, os.getegid(), 1)],
+}
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+@pytest.mark.parametrize(
+    ("options", "no_vfork", "vforked"),
+    [
+        ({"auto_proceed": True}, "0", True),
+        ({"auto_proceed": True, **SELF_MAPS}, "0", True),
+        ({"auto_proceed": True, **SELF_MAPS}, "1", False),
+        ({**SELF_MAPS}, "0", False),
+        ({"auto_proceed": True, **SELF_MAPS, "uid_map": [(0, 1000, 1)]}, "0", False),
+        ({"auto_proceed": True, **SELF_MAPS, "setgroups": "allow"}, "0", False),
+        ({"auto_proceed": True, "namespaces": ["time"]}, "0", False),
+    ],
+    ids=["plain", "self-maps", "no-vfork-hook", "parked", "foreign-map", "setgroups-allow", "time"],
+)
+def test_the_agent_vforks_exactly_when_it_should(
+    options: dict[str, object], no_vfork: str, vforked: bool, tmp_path: Path
+) -> None:
+    trace = tmp_path / "trace"
+    env = _env(no_vfork)
+    # LeakSanitizer cannot run under ptrace; the other sanitizers can
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    code = f"OPTIONS = {options!r}\n" + textwrap.dedent(STRACED)
+    done = subprocess.run(
+        [*STRACE_CLONES, "-o", str(trace), sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Exited(code=0)"
+    with open(trace) as f:
+        # the agent's is the only clone with a pidfd: Python's threads and posix_spawn
+        # take none
+        clones = [line for line in f if "CLONE_PIDFD" in line]
+    assert len(clones) == 1, clones
+    flags = set(re.findall(r"CLONE_\w+", clones[0]))
+    assert ({"CLONE_VM", "CLONE_VFORK"} <= flags) == vforked, clones[0]
