@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -339,6 +340,17 @@ static void on_exit_ready(struct session *s)
 		finish(s, MSG_EXITED, 1, (uint32_t)WEXITSTATUS(st));
 }
 
+/* Only an optimisation (spawn_hold_mnt_ns): failing it changes no outcome, so it is a
+ * NOTICE; ENOENT is a child that has already exited, which needs no holding. */
+static void hold_mnt_ns(struct session *s)
+{
+	if (!(s->req.namespaces & CLONE_NEWNS))
+		return;
+	int err = spawn_hold_mnt_ns(&s->child);
+	if (err && err != ENOENT)
+		notice(s, "hold_mnt_ns", err);
+}
+
 /* ---- frames from Python ---- */
 
 /* The first frame. ENTER is where enter mode plugs in: an enter.c that decodes it, opens
@@ -373,6 +385,7 @@ static void on_request(struct session *s, const struct wire_frame *f)
 	}
 	/* the child has its copies; ours would keep pipes open past the workload */
 	close_passed(s);
+	hold_mnt_ns(s);
 	s->phase = PH_STARTING;
 	send_u32s(s, MSG_SPAWNED, 2, (uint32_t)s->child.pid, (uint32_t)getpid());
 	if (s->child.vforked)
@@ -584,6 +597,7 @@ int agent_main(int ctl_fd)
 
 	flush(&s);
 	child_discard(&s.child);
+	child_release_ns(&s.child);	/* after the outcome is out: see spawn_hold_mnt_ns */
 	close_passed(&s);
 	request_free(&s.req);
 	chan_free(&s.ch);

@@ -296,6 +296,20 @@ int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f)
 	return 0;
 }
 
+int spawn_hold_mnt_ns(struct child *c)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)c->pid);
+	c->mnt_ns = open(path, O_RDONLY | O_CLOEXEC);
+	return c->mnt_ns < 0 ? errno : 0;
+}
+
+void child_release_ns(struct child *c)
+{
+	close_fd(&c->mnt_ns);
+}
+
 void child_kill(struct child *c)
 {
 	if (c->pid <= 0)

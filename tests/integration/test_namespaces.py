@@ -212,3 +212,35 @@ def test_env_and_cwd_follow_the_caller_after_the_launcher_started(
         del os.environ["LINX_TEST_LATE_VARIABLE"]
     assert session.wait(timeout=10) == linx.Exited(code=0)
     assert output.decode().split("\n")[:2] == ["late", str(tmp_path)]
+
+
+@pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "vforked"])
+def test_the_agent_holds_a_new_mount_namespace_until_the_session_ends(
+    session_factory: Factory, auto_proceed: bool
+) -> None:
+    # So that tearing the namespace down (an RCU wait) is not part of the workload's exit
+    # (docs/performance.md): the agent keeps a reference to it until the outcome is out.
+    session = session_factory(["/bin/sleep", "30"], namespaces=["mount"], auto_proceed=auto_proceed)
+    ready = expect(session, linx.Ready)
+    if not auto_proceed:
+        session.proceed()
+    expect(session, linx.Running)
+    workload_ns = os.readlink(f"/proc/{ready.host_pid}/ns/mnt")
+    agent = session._channel.state.agent_pid
+    assert agent is not None
+    agent_fds = {os.readlink(f"/proc/{agent}/fd/{fd}") for fd in os.listdir(f"/proc/{agent}/fd")}
+    assert workload_ns in agent_fds
+    session.signal(9)
+    assert expect(session, linx.Signaled).signum == 9
+
+
+def test_without_a_mount_namespace_the_agent_holds_no_namespace(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sleep", "30"], namespaces=["uts"], auto_proceed=True)
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    agent = session._channel.state.agent_pid
+    assert agent is not None
+    links = [os.readlink(f"/proc/{agent}/fd/{fd}") for fd in os.listdir(f"/proc/{agent}/fd")]
+    assert not [link for link in links if link.startswith("mnt:")], links
+    session.signal(9)
+    assert expect(session, linx.Signaled).signum == 9

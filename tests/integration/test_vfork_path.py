@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -255,7 +254,6 @@ SELF_MAPS = {
 }
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 @pytest.mark.parametrize(
     ("options", "no_vfork", "vforked"),
     [
