@@ -82,11 +82,13 @@ class Channel:
     def attach(
         self, sock: socket.socket, first: bytes, fds: list[int], done: Callable[[], None]
     ) -> None:
-        """Take the Python end of the session socket and queue the request on it."""
+        """Take the Python end of the session socket and queue what is left of the request
+        (`first`, and `fds` if none of it was sent yet); `done` runs once the fds are sent."""
         sock.setblocking(False)
         with self._lock:
             self._sock = sock
-            self._out.append(_Outgoing(first, fds, done))
+            if first:
+                self._out.append(_Outgoing(first, fds, done))
             self._reactor.register(sock.fileno(), select.EPOLLIN, self._on_ready)
             self._flush()
 

@@ -6,11 +6,13 @@ own on first use; the parent's sessions are not affected (`os.register_at_fork`)
 
 from __future__ import annotations
 
+import array
 import itertools
 import os
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _wire
@@ -42,8 +44,12 @@ class Runtime:
         self._spare: Agent | None = None
         self._refilling = False
 
-    def start(self, channel: Channel, plan: SpawnPlan) -> None:
-        """Get an agent for `channel` and send it `plan`'s request. Closes `plan`'s fds."""
+    def start(self, channel: Channel, plan: SpawnPlan) -> Callable[[], None]:
+        """Send `plan`'s request to an agent for `channel`; closes `plan`'s fds once sent.
+
+        Returns the step that hands the socket to the reactor. In between, the caller makes
+        what the session needs only once events arrive: that work overlaps the agent's.
+        """
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         try:
             agent = self._take_spare() or self._new_agent(block=True)
@@ -59,12 +65,26 @@ class Runtime:
             channel.on_terminal = lambda: self._forget(agent.token)
             channel.on_started = self._refill_spare
             channel.launcher = agent.launcher
-            channel.attach(agent.sock, request, plan.fds, plan.close_fds)
+            rest, fds = _send_first(agent.sock, request, plan.fds)
+            if not fds:
+                plan.close_fds()
         except BaseException:
-            self._forget(agent.token)
-            agent.sock.close()
-            plan.close_fds()
+            self._abandon_start(agent, plan)
             raise
+
+        def attach() -> None:
+            try:
+                channel.attach(agent.sock, rest, fds, plan.close_fds)
+            except BaseException:
+                self._abandon_start(agent, plan)
+                raise
+
+        return attach
+
+    def _abandon_start(self, agent: Agent, plan: SpawnPlan) -> None:
+        self._forget(agent.token)
+        agent.sock.close()
+        plan.close_fds()
 
     def _new_agent(self, *, block: bool) -> Agent:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -177,6 +197,23 @@ class Runtime:
         if self._launcher is not None:
             self._launcher.forget_in_child()
         self.reactor.forget_in_child()
+
+
+def _send_first(sock: socket.socket, request: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+    """Send what the socket takes now; the fds ride on the first byte.
+
+    Returns what is left to send and the fds not yet sent. An agent gone already takes
+    nothing: the channel learns of it from the EOF.
+    """
+    sock.setblocking(False)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    try:
+        sent = sock.sendmsg([request], rights)
+    except BlockingIOError:
+        return request, fds
+    except (BrokenPipeError, ConnectionResetError):
+        return b"", []
+    return request[sent:], []
 
 
 _runtime: Runtime | None = None

@@ -58,24 +58,35 @@ class Session:
         `queue.Queue` unless the caller brings its own kind, as `linx.aio` does)."""
         session = cls(_token=_PRIVATE)
         if owner is None:
-            owner = queue.Queue() if default_owner is None else default_owner
-            if isinstance(owner, queue.Queue):
-                session.events = owner
             # The session owns its default owner; the channel, held by the reactor, reaches
             # it only through the session, weakly. Were it the queue's `put`, the queued
             # events (each naming its session) would keep a dropped session alive for ever.
-            session._own_deliver = make_deliver(owner)
             deliver = _deliver_through(weakref.ref(session))
+            if default_owner is not None:
+                session._adopt_owner(default_owner)
         else:
             deliver = make_deliver(owner)  # may still refuse it: before any fd or thread
-        session._owner = owner
+            session._owner = owner
         runtime = get_runtime()
         state = SessionState(
             mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
         )
         session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
-        runtime.start(session._channel, plan)
+        attach = runtime.start(session._channel, plan)
+        try:
+            if owner is None and default_owner is None:
+                # While the agent clones: no event can come before `attach`.
+                session._adopt_owner(queue.Queue())
+        finally:
+            attach()  # even so: a session that fails here is dropped, and ends as such
         return session
+
+    def _adopt_owner(self, owner: Any) -> None:
+        """Make `owner` this session's own default owner."""
+        if isinstance(owner, queue.Queue):
+            self.events = owner
+        self._own_deliver = make_deliver(owner)
+        self._owner = owner
 
     # --- properties ------------------------------------------------------------------------
 
