@@ -341,13 +341,13 @@ static void on_exit_ready(struct session *s)
 }
 
 /* Only an optimisation (spawn_hold_mnt_ns): failing it changes no outcome, so it is a
- * NOTICE; ENOENT is a child that has already exited, which needs no holding. */
+ * NOTICE; ESRCH or ENOENT is a child that has already exited, which needs no holding. */
 static void hold_mnt_ns(struct session *s)
 {
 	if (!(s->req.namespaces & CLONE_NEWNS))
 		return;
 	int err = spawn_hold_mnt_ns(&s->child);
-	if (err && err != ENOENT)
+	if (err && err != ESRCH && err != ENOENT)
 		notice(s, "hold_mnt_ns", err);
 }
 

@@ -36,8 +36,9 @@ int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f);
  * mount namespace tears down its mount tree and waits for an RCU grace period, and made by
  * the exiting child that wait comes before the kernel reports the exit to us (measured:
  * ~30-40 us of every 5-namespace spawn). Held here, it happens in child_release_ns, after
- * the outcome is out. Returns 0, or the errno of opening /proc/<pid>/ns/mnt; ENOENT means
- * the child is gone already, and there is nothing to hold. */
+ * the outcome is out. Returns 0, or the errno of getting it (through the pidfd, or
+ * /proc/<pid>/ns/mnt before Linux 6.11); ESRCH or ENOENT means the child is gone already,
+ * and there is nothing to hold. */
 int spawn_hold_mnt_ns(struct child *c);
 /* Drops that reference; for once the terminal frame is written. */
 void child_release_ns(struct child *c);
