@@ -20,10 +20,9 @@
 #include "report.h"
 #include "util.h"
 
-/* The agent dies -> we get SIGKILL. The kernel forgets this on any change of euid/egid,
- * so it is armed again after the id steps. The second half closes the race where the
- * agent died before prctl: the agent holds the report pipe's read end until it exits,
- * and poll on a write end with no reader says POLLERR. */
+/* The agent dies -> we get SIGKILL. The second half closes the race where the agent died
+ * before prctl: the agent holds the report pipe's read end until it exits, and poll on a
+ * write end with no reader says POLLERR. */
 CHILD_CODE static int arm_pdeathsig(const struct child_plan *p)
 {
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
@@ -39,6 +38,15 @@ CHILD_CODE static int arm_pdeathsig(const struct child_plan *p)
 	return 0;
 }
 
+/* The kernel forgets the death signal when euid, egid, fsuid or fsgid change (or
+ * capabilities are gained): after the id steps it is armed again if they ran. */
+CHILD_CODE static int rearm_pdeathsig(const struct child_plan *p)
+{
+	if (!p->req->has_uid && !p->req->has_gid)
+		return 0;
+	return arm_pdeathsig(p);
+}
+
 CHILD_CODE static int step_stdio(const struct child_plan *p)
 {
 	/* every source is >= 3 (the agent keeps 0/1/2 open), so no dup2 clobbers another */
@@ -50,6 +58,8 @@ CHILD_CODE static int step_stdio(const struct child_plan *p)
 			close(t);
 			continue;
 		}
+		if (p->stdio_src[t] >= 0)
+			continue;	/* dup2 onto another number leaves close-on-exec off */
 		int fl = fcntl(t, F_GETFD);
 		if (fl < 0)
 			return errno;
@@ -140,7 +150,7 @@ static const struct {
 	{ "setgroups", step_setgroups },
 	{ "setgid", step_setgid },
 	{ "setuid", step_setuid },
-	{ "pdeathsig", arm_pdeathsig },
+	{ "pdeathsig", rearm_pdeathsig },
 	/* capabilities go here: cap_drop_bounding, cap_set_thread, cap_set_ambient */
 	{ "no_new_privs", step_no_new_privs },
 	{ "sigprocmask", step_signals },
@@ -198,11 +208,12 @@ CHILD_CODE _Noreturn void child_main(const struct child_plan *p)
 	const struct spawn_req *r = p->req;
 	int err;
 
-	if ((err = arm_pdeathsig(p)))
-		die(p, "pdeathsig", err);
+	/* first: arm_pdeathsig's POLLERR test needs the agent's read end to be the last one */
 	for (int i = 0; i < 4; i++)
 		if (p->close_fds[i] >= 0)
 			close(p->close_fds[i]);
+	if ((err = arm_pdeathsig(p)))
+		die(p, "pdeathsig", err);
 	if (p->vforked)
 		write_own_maps(p);
 

@@ -148,6 +148,26 @@ def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
 # --- the agent dies ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "auto_proceed"])
+def test_a_workload_with_changed_ids_still_dies_with_its_agent(
+    session_factory: Factory, auto_proceed: bool
+) -> None:
+    # The kernel forgets the death signal when the euid/egid change: it must be armed again.
+    session = session_factory(
+        ["/bin/sleep", "30"], uid=65534, gid=65534, groups=[], auto_proceed=auto_proceed
+    )
+    ready = expect(session, linx.Ready)
+    if not auto_proceed:
+        session.proceed()
+    expect(session, linx.Running)
+    assert os.stat(f"/proc/{ready.host_pid}").st_uid == 65534
+    agent = session._channel.state.agent_pid
+    assert agent is not None
+    os.kill(agent, signal.SIGKILL)
+    assert expect(session, linx.Failed).error.stage == "agent_died"
+    assert wait_until(lambda: not pid_alive(ready.host_pid))
+
+
 @pytest.mark.parametrize("when", ["parked", "running"])
 def test_killing_the_agent_fails_with_agent_died_and_takes_the_workload(
     session_factory: Factory, when: str
