@@ -37,7 +37,9 @@ class _Outgoing:
 
     __slots__ = ("data", "fds", "on_sent")
 
-    def __init__(self, data: bytes, fds: list[int], on_sent: Callable[[], None] | None) -> None:
+    def __init__(
+        self, data: bytes | memoryview, fds: list[int], on_sent: Callable[[], None] | None
+    ) -> None:
         self.data = memoryview(data)
         self.fds = fds
         self.on_sent = on_sent
@@ -80,7 +82,11 @@ class Channel:
     # --- start ---------------------------------------------------------------------------
 
     def attach(
-        self, sock: socket.socket, first: bytes, fds: list[int], done: Callable[[], None]
+        self,
+        sock: socket.socket,
+        first: bytes | memoryview,
+        fds: list[int],
+        done: Callable[[], None],
     ) -> None:
         """Take the Python end of the session socket and queue what is left of the request
         (`first`, and `fds` if none of it was sent yet); `done` runs once the fds are sent."""
@@ -240,8 +246,8 @@ class Channel:
                 log.debug("linx: agent notice: %s errno %d", message.stage, message.errno)
             self._emit(lambda state, m=message: state.receive(m))  # type: ignore[misc]
         if self.on_started is not None:
-            # After this round of the loop: a waiter running the loop for its outcome
-            # (Reactor.run_until) returns first.
+            # After this round of the loop: when the batch is the last one too, the thread
+            # waiting for the outcome must not wait for the GIL while the refill runs.
             self._reactor.call_soon(self.on_started)
             self.on_started = None
         if self.state.terminal:

@@ -52,7 +52,7 @@ class Runtime:
         """
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         try:
-            agent = self._take_spare() or self._new_agent(block=True)
+            agent = self._take_spare() or self._new_agent()
         except BaseException:
             plan.close_fds()
             raise
@@ -86,11 +86,16 @@ class Runtime:
         agent.sock.close()
         plan.close_fds()
 
-    def _new_agent(self, *, block: bool) -> Agent:
+    def _new_agent(self, launcher: Launcher | None = None) -> Agent:
+        """An agent asked of `launcher` without blocking (raises `LauncherBusy` or
+        `LauncherGone`), or else of the current launcher, started anew if need be."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         token = next(self._tokens)
         try:
-            launcher = self._request_agent(token, theirs.fileno(), block=block)
+            if launcher is None:
+                launcher = self._request_agent(token, theirs.fileno())
+            else:
+                launcher.start_agent(token, theirs.fileno(), block=False)
         except BaseException:
             ours.close()
             raise
@@ -117,8 +122,8 @@ class Runtime:
                 return  # the next spawn starts a launcher; never from the reactor
             self._refilling = True
         try:
-            spare: Agent | None = self._new_agent(block=False)
-        except (OSError, LauncherBusy):
+            spare: Agent | None = self._new_agent(launcher)
+        except (OSError, LauncherBusy, LauncherGone):
             spare = None  # the next spawn asks for its agent itself
         with self._lock:
             self._refilling = False
@@ -127,12 +132,12 @@ class Runtime:
         if spare is not None:
             spare.sock.close()
 
-    def _request_agent(self, token: int, fd: int, *, block: bool) -> Launcher:
+    def _request_agent(self, token: int, fd: int) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
         for _ in range(2):
             launcher = self._current_launcher()
             try:
-                launcher.start_agent(token, fd, block=block)
+                launcher.start_agent(token, fd)
                 return launcher
             except LauncherGone:
                 with self._lock:
@@ -199,7 +204,9 @@ class Runtime:
         self.reactor.forget_in_child()
 
 
-def _send_first(sock: socket.socket, request: bytes, fds: list[int]) -> tuple[bytes, list[int]]:
+def _send_first(
+    sock: socket.socket, request: bytes, fds: list[int]
+) -> tuple[memoryview, list[int]]:
     """Send what the socket takes now; the fds ride on the first byte.
 
     Returns what is left to send and the fds not yet sent. An agent gone already takes
@@ -207,13 +214,14 @@ def _send_first(sock: socket.socket, request: bytes, fds: list[int]) -> tuple[by
     """
     sock.setblocking(False)
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    view = memoryview(request)
     try:
-        sent = sock.sendmsg([request], rights)
+        sent = sock.sendmsg([view], rights)
     except BlockingIOError:
-        return request, fds
+        return view, fds
     except (BrokenPipeError, ConnectionResetError):
-        return b"", []
-    return request[sent:], []
+        return view[:0], []
+    return view[sent:], []
 
 
 _runtime: Runtime | None = None
