@@ -141,6 +141,8 @@ class Channel:
         """Mark closed and release the socket (the reactor closes it)."""
         with self._lock:
             self.closed = True
+            if self.state.terminal:
+                return  # released already (see _release)
         self._reactor.call_soon(self._release)
 
     def abandon(self) -> None:
@@ -149,11 +151,17 @@ class Channel:
             if self.closed:
                 return
             self.closed = True
+            if self.state.terminal:
+                return  # released already (see _release)
         self._reactor.call_soon(self._release)
 
     def _release(self) -> None:
         # Once Python closes the channel itself nobody waits to hear of the agent: an agent
         # left to its orphan policy exits cleanly and is never reported.
+        # Never needed for a terminal channel: the step that made it terminal (the terminal
+        # frame, EOF, a broken channel, a failed launch) closed its socket or scheduled that,
+        # and `on_terminal` has run or runs right after. Asking the reactor anyway would wake
+        # it just as the caller, done with one session, starts the next.
         self._close_socket()
         self.on_terminal()
 
