@@ -422,3 +422,25 @@ def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
         runtime._agents
     )
     assert wait_until(lambda: not any(pid_alive(p) for p in hosts if p is not None), 10)
+
+
+def test_closing_or_dropping_a_finished_session_asks_nothing_of_the_reactor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Its terminal step released it already; a call would only wake the reactor thread as
+    # the caller starts its next spawn.
+    reactor = get_runtime().reactor
+    asked: list[object] = []
+    closed = linx.spawn(["/bin/true"], auto_proceed=True)
+    dropped = linx.spawn(["/bin/true"], auto_proceed=True)
+    assert closed.wait(timeout=10) == dropped.wait(timeout=10) == linx.Exited(code=0)
+    # The reactor's own calls for them (refill, close) come just after the outcome.
+    channels = [closed._channel, dropped._channel]
+    assert wait_until(lambda: all(channel._sock is None for channel in channels))
+    monkeypatch.setattr(reactor, "call_soon", asked.append)
+    closed.close()
+    del dropped
+    gc.collect()
+    assert asked == []
+    with pytest.raises(linx.NoProcess):
+        closed.wait()
