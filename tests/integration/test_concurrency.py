@@ -118,10 +118,12 @@ def test_a_spare_agent_that_dies_waiting_is_replaced_not_handed_to_a_spawn() -> 
     runtime = get_runtime()
     launcher = runtime._launcher
     assert launcher is not None
-    assert wait_until(lambda: runtime._spare is not None, 10)
-    # With no session running, the launcher's one child is the spare's agent.
-    assert wait_until(lambda: len(_launcher_children(launcher.pid)) == 1, 10)
-    (spare_agent,) = _launcher_children(launcher.pid)
+    before = _launcher_children(launcher.pid)  # the spare, and agents other tests left
+    # This spawn takes the spare, whose agent exits with it; the one it asks for is new.
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    assert wait_until(lambda: len(_launcher_children(launcher.pid) - before) == 1, 10)
+    assert runtime._spare is not None
+    (spare_agent,) = _launcher_children(launcher.pid) - before
     os.kill(spare_agent, signal.SIGKILL)
     assert wait_until(lambda: runtime._spare is None, 10)
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
