@@ -252,7 +252,9 @@ class Channel:
         for message in messages:
             if isinstance(message, _wire.Notice):
                 log.debug("linx: agent notice: %s errno %d", message.stage, message.errno)
-            self._emit(lambda state, m=message: state.receive(m))  # type: ignore[misc]
+        # One step for all the frames of a read (often SPAWNED to EXITED at once): one lock
+        # round and one delivery run, as if they had come in one frame.
+        self._emit(lambda state: [event for m in messages for event in state.receive(m)])
         if self.on_started is not None:
             # After this round of the loop: when the batch is the last one too, the thread
             # waiting for the outcome must not wait for the GIL while the refill runs.
