@@ -168,28 +168,17 @@ CHILD_CODE static _Noreturn void die(const struct child_plan *p, const char *sta
 /* The agent writes these from outside when it can wait for us; a vforked child writes its
  * own, which the kernel allows for the single line mapping its own euid/egid (and the
  * gid only after setgroups "deny"): exactly the maps spawn.c lets through. */
-CHILD_CODE static int write_self(const char *path, const char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return errno;
-	/* these files take exactly one write */
-	ssize_t n = write(fd, data, len);
-	int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
-	close(fd);
-	return err;
-}
-
 CHILD_CODE static void write_own_maps(const struct child_plan *p)
 {
 	const struct spawn_req *r = p->req;
 	int err;
 
-	if (r->setgroups && (err = write_self("/proc/self/setgroups", r->setgroups, r->setgroups_len)))
+	if (r->setgroups &&
+	    (err = write_file_once("/proc/self/setgroups", r->setgroups, r->setgroups_len)))
 		die(p, "setgroups_file", err);
-	if (r->uid_map && (err = write_self("/proc/self/uid_map", r->uid_map, r->uid_map_len)))
+	if (r->uid_map && (err = write_file_once("/proc/self/uid_map", r->uid_map, r->uid_map_len)))
 		die(p, "uid_map", err);
-	if (r->gid_map && (err = write_self("/proc/self/gid_map", r->gid_map, r->gid_map_len)))
+	if (r->gid_map && (err = write_file_once("/proc/self/gid_map", r->gid_map, r->gid_map_len)))
 		die(p, "gid_map", err);
 }
 

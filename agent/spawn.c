@@ -275,13 +275,7 @@ static int write_proc(pid_t pid, const char *file, const char *data, size_t len,
 	char path[64];
 
 	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, file);
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return fail_set(f, stage, errno);
-	/* these files take exactly one write */
-	ssize_t n = write(fd, data, len);
-	int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
-	close(fd);
+	int err = write_file_once(path, data, len);
 	return err ? fail_set(f, stage, err) : 0;
 }
 

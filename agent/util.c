@@ -27,6 +27,17 @@ CHILD_CODE int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+CHILD_CODE int write_file_once(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	ssize_t n = write(fd, data, len);
+	int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+	close(fd);
+	return err;
+}
+
 CHILD_CODE ssize_t read_some(int fd, void *buf, size_t len)
 {
 	for (;;) {

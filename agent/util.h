@@ -35,6 +35,10 @@ static inline int fail_set(struct fail *f, const char *stage, int err)
 /* Writes all of buf; returns 0 or an errno. */
 int write_all(int fd, const void *buf, size_t len);
 
+/* Opens path for writing and writes data in one write(2), as the /proc id files
+ * (uid_map, gid_map, setgroups) require; returns 0 or an errno (EIO for a short write). */
+int write_file_once(const char *path, const void *data, size_t len);
+
 /* Reads up to len bytes, retrying EINTR; returns bytes read, 0 at EOF, or -errno. */
 ssize_t read_some(int fd, void *buf, size_t len);
 
