@@ -89,8 +89,8 @@ class Channel:
         done: Callable[[], None],
     ) -> None:
         """Take the Python end of the session socket and queue what is left of the request
-        (`first`, and `fds` if none of it was sent yet); `done` runs once the fds are sent."""
-        sock.setblocking(False)
+        (`first`, and `fds` if none of it was sent yet); `done` runs once the fds are sent.
+        `sock` is non-blocking already."""
         with self._lock:
             self._sock = sock
             if first:

@@ -42,7 +42,6 @@ class Runtime:
         # to the agent, and the launcher's wake-up and fork happen off the spawn path
         # (docs/performance.md). Asked for again while the previous spawn's workload runs.
         self._spare: Agent | None = None
-        self._refilling = False
 
     def start(self, channel: Channel, plan: SpawnPlan) -> Callable[[], None]:
         """Send `plan`'s request to an agent for `channel`; closes `plan`'s fds once sent.
@@ -92,6 +91,7 @@ class Runtime:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         token = next(self._tokens)
         try:
+            ours.setblocking(False)  # here, not on the spawn path, for a spare
             if launcher is None:
                 launcher = self._request_agent(token, theirs.fileno())
             else:
@@ -113,24 +113,17 @@ class Runtime:
         return spare
 
     def _refill_spare(self) -> None:
-        """Ask for the next spare agent (reactor thread, once per session)."""
+        """Ask for the next spare agent. Reactor thread only, so never two at once."""
         with self._lock:
-            if self._spare is not None or self._refilling:
-                return
             launcher = self._launcher
-            if launcher is None or not launcher.alive:
-                return  # the next spawn starts a launcher; never from the reactor
-            self._refilling = True
+            if self._spare is not None or launcher is None or not launcher.alive:
+                return  # without a launcher, the next spawn starts one: never the reactor
         try:
-            spare: Agent | None = self._new_agent(launcher)
+            spare = self._new_agent(launcher)
         except (OSError, LauncherBusy, LauncherGone):
-            spare = None  # the next spawn asks for its agent itself
+            return  # the next spawn asks for its agent itself
         with self._lock:
-            self._refilling = False
-            if self._spare is None:
-                self._spare, spare = spare, None
-        if spare is not None:
-            spare.sock.close()
+            self._spare = spare
 
     def _request_agent(self, token: int, fd: int) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
@@ -207,12 +200,11 @@ class Runtime:
 def _send_first(
     sock: socket.socket, request: bytes, fds: list[int]
 ) -> tuple[memoryview, list[int]]:
-    """Send what the socket takes now; the fds ride on the first byte.
+    """Send what the (non-blocking) socket takes now; the fds ride on the first byte.
 
     Returns what is left to send and the fds not yet sent. An agent gone already takes
     nothing: the channel learns of it from the EOF.
     """
-    sock.setblocking(False)
     rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     view = memoryview(request)
     try:
