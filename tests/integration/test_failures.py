@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,16 @@ def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
 # --- the agent dies ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def killed_afterwards(pid: int) -> Iterator[None]:
+    """Whatever fails inside, the workload `pid` does not outlive the test."""
+    try:
+        yield
+    finally:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "auto_proceed"])
 def test_a_workload_with_changed_ids_still_dies_with_its_agent(
     session_factory: Factory, auto_proceed: bool
@@ -163,9 +174,10 @@ def test_a_workload_with_changed_ids_still_dies_with_its_agent(
     assert os.stat(f"/proc/{ready.host_pid}").st_uid == 65534
     agent = session._channel.state.agent_pid
     assert agent is not None
-    os.kill(agent, signal.SIGKILL)
-    assert expect(session, linx.Failed).error.stage == "agent_died"
-    assert wait_until(lambda: not pid_alive(ready.host_pid))
+    with killed_afterwards(ready.host_pid):
+        os.kill(agent, signal.SIGKILL)
+        assert expect(session, linx.Failed).error.stage == "agent_died"
+        assert wait_until(lambda: not pid_alive(ready.host_pid))
 
 
 @pytest.mark.parametrize("when", ["parked", "running"])
@@ -180,23 +192,25 @@ def test_killing_the_agent_fails_with_agent_died_and_takes_the_workload(
     agent = session._channel.state.agent_pid
     assert agent is not None and agent != ready.host_pid
     assert pid_alive(agent) and pid_alive(ready.host_pid)
-    os.kill(agent, signal.SIGKILL)
-    failed = expect(session, linx.Failed)
-    error = failed.error
-    assert isinstance(error, linx.ProcessError)
-    assert error.stage == "agent_died"
-    assert error.errno is None
-    assert error.code == -signal.SIGKILL
-    assert str(error) == "process agent died: killed by signal 9"
-    assert no_more_events(session)
-    with pytest.raises(linx.ProcessError) as raised:
-        session.wait(timeout=10)
-    assert (raised.value.stage, raised.value.errno, raised.value.code) == ("agent_died", None, -9)
-    assert session.info().stage == linx.Stage.ERRORED
-    # PR_SET_PDEATHSIG: the workload does not outlive its agent.
-    assert wait_until(lambda: not pid_alive(ready.host_pid))
-    with pytest.raises(linx.NoProcess):
-        session.signal(signal.SIGTERM)
+    with killed_afterwards(ready.host_pid):
+        os.kill(agent, signal.SIGKILL)
+        failed = expect(session, linx.Failed)
+        error = failed.error
+        assert isinstance(error, linx.ProcessError)
+        assert error.stage == "agent_died"
+        assert error.errno is None
+        assert error.code == -signal.SIGKILL
+        assert str(error) == "process agent died: killed by signal 9"
+        assert no_more_events(session)
+        with pytest.raises(linx.ProcessError) as raised:
+            session.wait(timeout=10)
+        error = raised.value
+        assert (error.stage, error.errno, error.code) == ("agent_died", None, -9)
+        assert session.info().stage == linx.Stage.ERRORED
+        # PR_SET_PDEATHSIG: the workload does not outlive its agent.
+        assert wait_until(lambda: not pid_alive(ready.host_pid))
+        with pytest.raises(linx.NoProcess):
+            session.signal(signal.SIGTERM)
 
 
 # --- request size -------------------------------------------------------------------------------

@@ -319,16 +319,19 @@ def test_info_stage_walks_the_lifecycle_to_each_kind_of_ending(
     assert info.host_pid == ready.host_pid
 
 
-def test_wait_from_eight_threads_all_get_the_same_outcome(session_factory: Factory) -> None:
-    session = session_factory(["/bin/sh", "-c", "exit 7"])
-    expect(session, linx.Ready)
+def _proceed_while_eight_threads_wait(session: linx.Session) -> list[object]:
+    """Release the parked `session` while eight threads are in `wait()`; what each got back
+    (its outcome, or the exception it raised)."""
     results: list[object] = []
     lock = threading.Lock()
     waiting = threading.Barrier(9)
 
     def waiter() -> None:
         waiting.wait()
-        result = session.wait(timeout=20)
+        try:
+            result: object = session.wait(timeout=20)
+        except BaseException as exc:
+            result = exc
         with lock:
             results.append(result)
 
@@ -340,7 +343,13 @@ def test_wait_from_eight_threads_all_get_the_same_outcome(session_factory: Facto
     for thread in threads:
         thread.join(timeout=30)
         assert not thread.is_alive()
-    assert results == [linx.Exited(code=7)] * 8
+    return results
+
+
+def test_wait_from_eight_threads_all_get_the_same_outcome(session_factory: Factory) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 7"])
+    expect(session, linx.Ready)
+    assert _proceed_while_eight_threads_wait(session) == [linx.Exited(code=7)] * 8
 
 
 def test_wait_from_eight_threads_all_raise_the_same_process_error(
@@ -348,26 +357,7 @@ def test_wait_from_eight_threads_all_raise_the_same_process_error(
 ) -> None:
     session = session_factory(["/nonexistent/linx-test-binary"])
     expect(session, linx.Ready)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    waiting = threading.Barrier(9)
-
-    def waiter() -> None:
-        waiting.wait()
-        try:
-            session.wait(timeout=20)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=waiter) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    waiting.wait()
-    session.proceed()
-    for thread in threads:
-        thread.join(timeout=30)
-        assert not thread.is_alive()
+    errors = _proceed_while_eight_threads_wait(session)
     assert len(errors) == 8
     for error in errors:
         assert isinstance(error, linx.ProcessError)
