@@ -106,7 +106,7 @@ class SessionState:
         self._require_live()
         if self.stage in (Stage.STARTING, Stage.SPAWNED):
             raise NotReady("the child has not reached the checkpoint yet")
-        if self._proceeded or self.stage is Stage.RUNNING:
+        if self.released:
             raise AlreadyRunning("the workload is already past the checkpoint")
         if self._abort_sent:
             raise NoProcess("the session is being aborted")
@@ -115,7 +115,7 @@ class SessionState:
 
     @property
     def released(self) -> bool:
-        """Past the checkpoint, or committed to pass it (`auto_proceed`)."""
+        """Past the checkpoint, or committed to pass it (`auto_proceed`, or a `proceed()`)."""
         return self._proceeded or self.auto_proceed or self.stage is Stage.RUNNING
 
     def abort(self) -> _wire.Abort | None:
@@ -161,12 +161,9 @@ class SessionState:
             self.stage = Stage.READY
             self.host_pid = message.host_pid
             self.child_pid = message.child_pid
-            if self.auto_proceed:
-                self._proceeded = True  # the agent released the child at clone time
             return [Ready(message.host_pid, session=self._session())]
         if isinstance(message, _wire.Running):
             self.stage = Stage.RUNNING
-            self._proceeded = True
             return [Running(session=self._session())]
         if isinstance(message, _wire.Exited):
             return self._finish(Stage.EXITED, Exited(message.code, session=self._session()))
