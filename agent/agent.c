@@ -61,7 +61,7 @@ static void flush(struct session *s)
 {
 	if (s->peer_gone || !s->out_len)
 		return;
-	int err = chan_send_bytes(s->ch.fd, s->outbox, s->out_len);
+	int err = write_all(s->ch.fd, s->outbox, s->out_len);
 	s->out_len = 0;
 	if (err) {
 		s->peer_gone = 1;
@@ -558,7 +558,7 @@ int agent_main(int ctl_fd)
 	memset(&s, 0, sizeof(s));
 	chan_init(&s.ch, ctl_fd);
 	s.child = (struct child)CHILD_NONE;
-	/* a dead child's release pipe must be an EPIPE, not a signal */
+	/* a dead child's release pipe, or a gone Python, must be an EPIPE, not a signal */
 	signal(SIGPIPE, SIG_IGN);
 
 	while (!s.done) {

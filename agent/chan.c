@@ -1,11 +1,11 @@
 /* chan: the I/O half of a Python-facing channel (fd 3): accumulates bytes and SCM_RIGHTS
- * fds from recvmsg, hands out whole frames via wire.c, and sends frames. Must never
- * interpret a frame (that is request.c's job) nor block on receive. */
+ * fds from recvmsg and hands out whole frames via wire.c (frames go out with util.c's
+ * write_all). Must never interpret a frame (that is request.c's job) nor block on
+ * receive. */
 #define _GNU_SOURCE
 #include "chan.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -144,34 +144,4 @@ void chan_close_fds(struct chan *c)
 	for (size_t i = 0; i < c->nfds; i++)
 		close(c->fds[i]);
 	c->nfds = 0;
-}
-
-int chan_send(int fd, const struct wire_out *o)
-{
-	return chan_send_bytes(fd, o->buf, o->len);
-}
-
-int chan_send_bytes(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	size_t left = len;
-
-	while (left > 0) {
-		ssize_t n = send(fd, p, left, MSG_NOSIGNAL);
-		if (n < 0 && errno == EAGAIN) {
-			/* the file description may have been made non-blocking by Python */
-			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
-			if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
-				return errno;
-			continue;
-		}
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return errno;
-		}
-		p += n;
-		left -= (size_t)n;
-	}
-	return 0;
 }

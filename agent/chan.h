@@ -37,9 +37,5 @@ void chan_shrink(struct chan *c);
 int chan_take_fd(struct chan *c);
 void chan_close_fds(struct chan *c);
 
-/* Sends one frame (blocking, MSG_NOSIGNAL). Returns 0 or an errno. */
-int chan_send(int fd, const struct wire_out *o);
-/* Sends len bytes (blocking, MSG_NOSIGNAL). Returns 0 or an errno. */
-int chan_send_bytes(int fd, const void *buf, size_t len);
 
 #endif

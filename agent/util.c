@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -16,6 +17,13 @@ CHILD_CODE int write_all(int fd, const void *buf, size_t len)
 
 	while (len > 0) {
 		ssize_t n = write(fd, p, len);
+		if (n < 0 && errno == EAGAIN) {
+			/* a non-blocking fd (Python's end of a socket shares our file description) */
+			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+			if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+				return errno;
+			continue;
+		}
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

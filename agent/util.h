@@ -32,7 +32,8 @@ static inline int fail_set(struct fail *f, const char *stage, int err)
 	return -1;
 }
 
-/* Writes all of buf; returns 0 or an errno. */
+/* Writes all of buf, waiting out EAGAIN; returns 0 or an errno. Callers that write to a
+ * socket or pipe whose reader may be gone ignore SIGPIPE, so that is EPIPE. */
 int write_all(int fd, const void *buf, size_t len);
 
 /* Opens path for writing and writes data in one write(2), as the /proc id files
