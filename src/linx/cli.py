@@ -17,7 +17,7 @@ from typing import Any
 
 from . import __version__
 from ._options import Namespace
-from .errors import ProcessError
+from .errors import NoProcess, ProcessError
 from .events import Aborted, Event, Exited, Failed, Signaled
 from .session import spawn
 
@@ -156,7 +156,7 @@ def _forward_signals(session: Any) -> None:
     def forward(signum: int, _frame: object) -> None:
         try:
             session.signal(signum)
-        except Exception:
+        except NoProcess:
             pass  # the workload already ended
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
