@@ -180,13 +180,17 @@ def _start_process() -> tuple[socket.socket, int, int]:
             setsigmask=(),
             setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
         )
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
     ours.setblocking(False)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:
-        ours.close()
+        ours.close()  # the launcher exits at this EOF; reaped here, it is no zombie
+        os.waitpid(pid, 0)
         raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
     return ours, pid, pidfd
 

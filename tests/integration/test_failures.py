@@ -213,6 +213,42 @@ def test_killing_the_agent_fails_with_agent_died_and_takes_the_workload(
             session.signal(signal.SIGTERM)
 
 
+# --- the launcher cannot start ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agent", "error"),
+    [("/nonexistent/linx-agent", "RuntimeError"), ("/tmp", "PermissionError")],
+    ids=["missing", "not-a-program"],
+)
+def test_a_launcher_that_cannot_start_raises_and_leaves_no_fd_or_process(
+    agent: str, error: str
+) -> None:
+    result = run_python(
+        """
+        import os, linx
+        def fds():
+            return sorted(os.listdir("/proc/self/fd"))
+        def attempt():
+            try:
+                linx.spawn(["/bin/true"], auto_proceed=True)
+            except Exception as exc:
+                print(type(exc).__name__)
+        attempt()  # also makes what a process keeps: the reactor's epoll and eventfd
+        before = fds()
+        attempt()  # tries again from scratch: a leak would show now
+        same = fds() == before
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            print(same, repr(f.read().strip()))
+        """,
+        # an fd left to the garbage collector shows as a ResourceWarning
+        env={"LINX_AGENT": agent, "PYTHONWARNINGS": "always::ResourceWarning"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == [error, error, "True ''"]
+    assert "ResourceWarning" not in result.stderr, result.stderr
+
+
 # --- request size -------------------------------------------------------------------------------
 
 
