@@ -206,18 +206,23 @@ def test_abort_before_ready_is_buffered_and_fires_at_ready(
     assert not pid_alive(ready.host_pid)
 
 
-def test_signal_before_proceed_is_delivered_at_running(session_factory: Factory) -> None:
-    # No pid namespace: a pid-namespace init ignores SIGTERM without a handler.
-    session = session_factory(["/bin/sleep", "30"])
-    ready = expect(session, linx.Ready)
-    session.signal(signal.SIGTERM)
-    # Buffered, not delivered to the parked child: it is still there and nothing happened.
+def _sigterm_waits_for_running(session: linx.Session, ready: linx.Ready) -> None:
+    """A SIGTERM sent before `Running` is buffered, not delivered to the parked child (it is
+    still there and nothing happened), and ends the workload once it runs."""
     assert no_more_events(session, within=0.2)
     assert pid_alive(ready.host_pid)
     session.proceed()
     events = drain(session)
     assert [type(e) for e in events] == [linx.Running, linx.Signaled]
     assert events[-1] == linx.Signaled(signum=signal.SIGTERM)
+
+
+def test_signal_before_proceed_is_delivered_at_running(session_factory: Factory) -> None:
+    # No pid namespace: a pid-namespace init ignores SIGTERM without a handler.
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    session.signal(signal.SIGTERM)
+    _sigterm_waits_for_running(session, ready)
     assert session.wait(timeout=10) == linx.Signaled(signum=signal.SIGTERM)
 
 
@@ -230,12 +235,7 @@ def test_signal_before_ready_is_delivered_at_running(session_factory: Factory) -
         assert session.info().stage == linx.Stage.STARTING
         stall.release()
         ready = expect(session, linx.Ready)
-        assert no_more_events(session, within=0.2)
-        assert pid_alive(ready.host_pid)
-        session.proceed()
-        events = drain(session)
-    assert [type(e) for e in events] == [linx.Running, linx.Signaled]
-    assert events[-1] == linx.Signaled(signum=signal.SIGTERM)
+        _sigterm_waits_for_running(session, ready)
 
 
 @pytest.mark.parametrize(
