@@ -10,6 +10,7 @@ from pathlib import Path
 
 import linx
 import linx.aio
+from linx._launcher import Launcher
 from linx._runtime import Agent, get_runtime
 from tests.conftest import wait_until
 
@@ -99,12 +100,29 @@ def _launcher_children(launcher_pid: int) -> set[int]:
     return {int(pid) for pid in text.split()}
 
 
-def test_a_spawn_takes_the_spare_agent_so_it_does_not_wait_for_the_launcher() -> None:
+def _forked_spare_agent() -> tuple[Launcher, int]:
+    """The launcher, and the pid of the spare agent it has forked (not only been asked for)."""
     linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
     runtime = get_runtime()
-    assert wait_until(lambda: runtime._spare is not None, 10)
     launcher = runtime._launcher
     assert launcher is not None
+    before = _launcher_children(launcher.pid)  # the spare, and agents other tests left
+    # This spawn takes the spare (forked yet or not); the one it asks for is new.
+    session = linx.spawn(["/bin/true"], auto_proceed=True)
+    session.wait(timeout=10)
+    used = session._channel.state.agent_pid
+
+    def new_agents() -> set[int]:
+        return _launcher_children(launcher.pid) - before - {used}
+
+    assert wait_until(lambda: len(new_agents()) == 1, 10)
+    assert runtime._spare is not None
+    (agent,) = new_agents()
+    return launcher, agent
+
+
+def test_a_spawn_takes_the_spare_agent_so_it_does_not_wait_for_the_launcher() -> None:
+    launcher, _ = _forked_spare_agent()
     os.kill(launcher.pid, signal.SIGSTOP)
     try:
         session = linx.spawn(["/bin/true"], auto_proceed=True)
@@ -114,16 +132,8 @@ def test_a_spawn_takes_the_spare_agent_so_it_does_not_wait_for_the_launcher() ->
 
 
 def test_a_spare_agent_that_dies_waiting_is_replaced_not_handed_to_a_spawn() -> None:
-    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    _, spare_agent = _forked_spare_agent()
     runtime = get_runtime()
-    launcher = runtime._launcher
-    assert launcher is not None
-    before = _launcher_children(launcher.pid)  # the spare, and agents other tests left
-    # This spawn takes the spare, whose agent exits with it; the one it asks for is new.
-    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
-    assert wait_until(lambda: len(_launcher_children(launcher.pid) - before) == 1, 10)
-    assert runtime._spare is not None
-    (spare_agent,) = _launcher_children(launcher.pid) - before
     os.kill(spare_agent, signal.SIGKILL)
     assert wait_until(lambda: runtime._spare is None, 10)
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
