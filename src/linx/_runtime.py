@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _wire
@@ -43,12 +42,10 @@ class Runtime:
         # (docs/performance.md). Asked for again while the previous spawn's workload runs.
         self._spare: Agent | None = None
 
-    def start(self, channel: Channel, plan: SpawnPlan) -> Callable[[], None]:
-        """Send `plan`'s request to an agent for `channel`; closes `plan`'s fds once sent.
-
-        Returns the step that hands the socket to the reactor. In between, the caller makes
-        what the session needs only once events arrive: that work overlaps the agent's.
-        """
+    def start(self, channel: Channel, plan: SpawnPlan) -> None:
+        """Send `plan`'s request to an agent for `channel`, then hand the socket to the
+        reactor; closes `plan`'s fds once sent. The request goes first, before anything
+        the session needs only once events arrive, so that work overlaps the agent's."""
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         try:
             agent = self._take_spare() or self._new_agent()
@@ -67,18 +64,10 @@ class Runtime:
             rest, fds = _send_first(agent.sock, request, plan.fds)
             if not fds:
                 plan.close_fds()
+            channel.attach(agent.sock, rest, fds, plan.close_fds)
         except BaseException:
             self._abandon_start(agent, plan)
             raise
-
-        def attach() -> None:
-            try:
-                channel.attach(agent.sock, rest, fds, plan.close_fds)
-            except BaseException:
-                self._abandon_start(agent, plan)
-                raise
-
-        return attach
 
     def _abandon_start(self, agent: Agent, plan: SpawnPlan) -> None:
         self._forget(agent.token)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeAlias
 
@@ -22,6 +21,7 @@ MAX_INBOUND = 16 << 20  # any frame agent/launcher -> Python
 
 _LEN = struct.Struct("<I")
 _HEAD = struct.Struct("<IH")  # length, type
+_TYPE = struct.Struct("<H")
 _FIELD = struct.Struct("<HI")  # tag, size
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -292,46 +292,69 @@ def encode(message: Message) -> bytes:
 # --- parsing --------------------------------------------------------------------------
 
 
-def _decode_value(name: str, kind: Kind, raw: bytes) -> int | bytes:
+class _Layout:
+    """One message class's fields indexed by tag, for parsing.
+
+    Built once per class: a body is read in one pass, with no intermediate per-tag lists,
+    because the reactor parses every frame of every session.
+    """
+
+    __slots__ = ("by_tag", "repeated", "required")
+
+    def __init__(self, cls: type[Message]) -> None:
+        schema = _wire_fields(cls)
+        self.by_tag = {spec.tag: (name, spec.kind, spec.repeated) for name, spec in schema}
+        self.required = tuple(name for name, spec in schema if spec.required)
+        self.repeated = tuple(name for name, spec in schema if spec.repeated)
+
+
+_LAYOUTS: dict[type[Message], _Layout] = {}
+
+
+def _decode_value(name: str, kind: Kind, body: memoryview, pos: int, size: int) -> int | bytes:
     if kind is Kind.BYTES:
-        return raw
+        return bytes(body[pos : pos + size])
     codec = _U32 if kind is Kind.U32 else _U64
-    if len(raw) != codec.size:
-        raise WireError(f"field {name!r}: {len(raw)} bytes for a {kind.value}")
-    value: int = codec.unpack(raw)[0]
+    if size != codec.size:
+        raise WireError(f"field {name!r}: {size} bytes for a {kind.value}")
+    value: int = codec.unpack_from(body, pos)[0]
     return value
 
 
-def _split_fields(body: memoryview) -> dict[int, list[bytes]]:
-    found: dict[int, list[bytes]] = {}
-    pos = 0
-    while pos < len(body):
-        if len(body) - pos < _FIELD.size:
-            raise WireError("truncated field header")
-        tag, size = _FIELD.unpack_from(body, pos)
-        pos += _FIELD.size
-        if size > len(body) - pos:
-            raise WireError(f"field {tag} claims {size} bytes, {len(body) - pos} left")
-        found.setdefault(tag, []).append(bytes(body[pos : pos + size]))
-        pos += size
-    return found
-
-
 def decode_body(cls: type[Message], body: bytes | memoryview) -> Message:
-    """The message of type `cls` whose fields are `body` (the frame minus length and type)."""
-    found = _split_fields(memoryview(body))
+    """The message of type `cls` whose fields are `body` (the frame minus length and type).
+
+    Fields with a tag `cls` does not know are skipped (forward compatibility).
+    """
+    layout = _LAYOUTS.get(cls) or _LAYOUTS.setdefault(cls, _Layout(cls))
+    view = memoryview(body)
+    end = len(view)
     kwargs: dict[str, Any] = {}
-    for name, spec in _wire_fields(cls):
-        raws = found.get(spec.tag, [])
-        if spec.required and not raws:
+    pos = 0
+    while pos < end:
+        if end - pos < _FIELD.size:
+            raise WireError("truncated field header")
+        tag, size = _FIELD.unpack_from(view, pos)
+        pos += _FIELD.size
+        if size > end - pos:
+            raise WireError(f"field {tag} claims {size} bytes, {end - pos} left")
+        known = layout.by_tag.get(tag)
+        if known is not None:
+            name, kind, repeated = known
+            value = _decode_value(name, kind, view, pos, size)
+            if repeated:
+                kwargs.setdefault(name, []).append(value)
+            elif name in kwargs:
+                raise WireError(f"{cls.__name__}: field {name!r} repeated")
+            else:
+                kwargs[name] = value
+        pos += size
+    for name in layout.required:
+        if name not in kwargs:
             raise WireError(f"{cls.__name__}: required field {name!r} missing")
-        if len(raws) > 1 and not spec.repeated:
-            raise WireError(f"{cls.__name__}: field {name!r} repeated")
-        values = [_decode_value(name, spec.kind, raw) for raw in raws]
-        if spec.repeated:
-            kwargs[name] = tuple(values)
-        elif values:
-            kwargs[name] = values[0]
+    for name in layout.repeated:
+        if name in kwargs:
+            kwargs[name] = tuple(kwargs[name])
     return cls(**kwargs)
 
 
@@ -352,12 +375,22 @@ class FrameReader:
     def feed(self, data: bytes | memoryview) -> list[Message]:
         if self._broken is not None:
             raise self._broken
-        self._buf += data
+        buf = self._buf
+        if buf:
+            buf += data
+            source: bytes | bytearray | memoryview = buf
+        else:
+            source = data  # the usual case: whole frames, parsed without a copy
         try:
-            return list(self._drain())
+            messages, used = self._parse(source)
         except WireError as exc:
             self._broken = exc
             raise
+        if buf:
+            del buf[:used]
+        elif used < len(data):
+            buf += data[used:]  # `data` may be the reactor's buffer: keep a copy
+        return messages
 
     def set_max_frame(self, max_frame: int) -> None:
         self._max = max_frame
@@ -367,24 +400,24 @@ class FrameReader:
         """Bytes buffered that do not yet make a whole frame."""
         return len(self._buf)
 
-    def _drain(self) -> Iterator[Message]:
-        buf = self._buf
+    def _parse(self, source: bytes | bytearray | memoryview) -> tuple[list[Message], int]:
+        """The whole frames at the start of `source`, and how many bytes they take."""
+        messages: list[Message] = []
         pos = 0
-        try:
-            while len(buf) - pos >= _LEN.size:
-                (length,) = _LEN.unpack_from(buf, pos)
+        with memoryview(source) as view:  # released before the caller resizes `source`
+            end = len(view)
+            while end - pos >= _LEN.size:
+                (length,) = _LEN.unpack_from(view, pos)
                 if length < 2:
                     raise WireError(f"frame length {length} is below the minimum of 2")
                 if length > self._max:
                     raise WireError(f"frame of {length} bytes exceeds the cap of {self._max}")
-                if len(buf) - pos - _LEN.size < length:
+                if end - pos - _LEN.size < length:
                     break
-                (mtype,) = struct.unpack_from("<H", buf, pos + _LEN.size)
+                (mtype,) = _TYPE.unpack_from(view, pos + _LEN.size)
                 cls = self._types.get(mtype)
                 if cls is None:
                     raise WireError(f"unknown message type 0x{mtype:04x}")
-                body = bytes(buf[pos + _HEAD.size : pos + _LEN.size + length])
+                messages.append(decode_body(cls, view[pos + _HEAD.size : pos + _LEN.size + length]))
                 pos += _LEN.size + length
-                yield decode_body(cls, body)
-        finally:
-            del buf[:pos]
+        return messages, pos

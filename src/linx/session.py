@@ -16,8 +16,10 @@ method is thread-safe. What happens in each corner:
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -40,13 +42,15 @@ CLOSE_TIMEOUT = 30.0  # seconds close() waits for a killed workload before givin
 class Session:
     """The handle of one spawned process. Create it with `linx.spawn()`."""
 
-    events: queue.Queue[Event] | None
-    """The default owner (a fresh queue) when no `owner` was given, else `None`."""
-
     def __init__(self, *, _token: object = None) -> None:
         if _token is not _PRIVATE:
             raise TypeError("use linx.spawn() to create a Session")
-        self.events = None
+        self._events: queue.Queue[Event] | None = None
+        # The default owner's events until someone asks for `events`: a session that is
+        # only waited on never builds a queue (its locks and conditions cost a spawn more
+        # than the deque and the lock below).
+        self._early: collections.deque[Event] | None = None
+        self._events_lock = threading.Lock()
         self._channel: Channel
         self._own_deliver: Deliver
 
@@ -64,6 +68,9 @@ class Session:
             deliver = _deliver_through(weakref.ref(session))
             if default_owner is not None:
                 session._adopt_owner(default_owner)
+            else:
+                session._early = collections.deque()
+                session._own_deliver = session._put_default
         else:
             deliver = make_deliver(owner)  # may still refuse it: before any fd or thread
             session._owner = owner
@@ -72,23 +79,42 @@ class Session:
             mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
         )
         session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
-        attach = runtime.start(session._channel, plan)
-        try:
-            if owner is None and default_owner is None:
-                # While the agent clones: no event can come before `attach`.
-                session._adopt_owner(queue.Queue())
-        finally:
-            attach()  # even so: a session that fails here is dropped, and ends as such
+        runtime.start(session._channel, plan)
         return session
 
     def _adopt_owner(self, owner: Any) -> None:
         """Make `owner` this session's own default owner."""
         if isinstance(owner, queue.Queue):
-            self.events = owner
+            self._events = owner
         self._own_deliver = make_deliver(owner)
         self._owner = owner
 
+    def _put_default(self, event: Event) -> None:
+        with self._events_lock:
+            if self._early is not None:
+                self._early.append(event)
+                return
+        assert self._events is not None
+        self._events.put(event)
+
+    def _make_events(self) -> None:
+        with self._events_lock:
+            early, self._early = self._early, None
+            if early is None:
+                return  # made by another thread meanwhile
+            self._events = self._owner = queue.Queue()
+            for event in early:
+                self._events.put(event)
+
     # --- properties ------------------------------------------------------------------------
+
+    @property
+    def events(self) -> queue.Queue[Event] | None:
+        """The default owner (a `queue.Queue` of every event so far) when no `owner` was
+        given, else `None`."""
+        if self._early is not None:
+            self._make_events()
+        return self._events
 
     @property
     def host_pid(self) -> int | None:
@@ -98,6 +124,8 @@ class Session:
     @property
     def owner(self) -> Any:
         """Who receives this session's events."""
+        if self._early is not None:
+            self._make_events()
         return self._owner
 
     @property

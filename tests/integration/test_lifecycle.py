@@ -558,6 +558,31 @@ def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
         owner.get(timeout=0.3)
 
 
+def test_default_queue_made_after_the_end_holds_every_event_in_order(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 4"], auto_proceed=True)
+    assert session.wait(timeout=10) == linx.Exited(code=4)
+    assert session._events is None  # only waited on so far: no queue was built
+    events = session.events
+    assert isinstance(events, queue.Queue)
+    assert session.events is events and session.owner is events
+    assert [type(e) for e in drain(session)] == [linx.Ready, linx.Running, linx.Exited]
+    assert all(e.session is session for e in events.queue) and events.empty()
+
+
+def test_default_queue_made_while_events_arrive_loses_and_reorders_nothing(
+    session_factory: Factory,
+) -> None:
+    # The queue is made by this thread while the reactor delivers: each session's events
+    # are split between the early buffer and the queue at a different point.
+    for delay in [i / 20_000 for i in range(40)]:
+        session = session_factory(["/bin/true"], auto_proceed=True)
+        threading.Event().wait(delay)
+        assert [type(e) for e in drain(session)] == [linx.Ready, linx.Running, linx.Exited]
+        assert no_more_events(session, within=0.01)
+
+
 def test_set_owner_redirects_events_from_then_on(session_factory: Factory) -> None:
     old: queue.Queue[linx.Event] = queue.Queue()
     new: queue.Queue[linx.Event] = queue.Queue()
