@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 from . import _wire
@@ -29,50 +30,91 @@ class Agent(NamedTuple):
     launcher: Launcher
 
 
+class _Unattached:
+    """The agent-table entry of an agent that has its request but no channel yet. What the
+    launcher says of it meanwhile (`told`) waits here for `Runtime.attach`."""
+
+    __slots__ = ("launcher", "told")
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.told: Callable[[Channel], None] | None = None
+
+
+class Sent(NamedTuple):
+    """A request on its way to its agent (`Runtime.send`), to be attached to a channel."""
+
+    agent: Agent
+    entry: _Unattached
+    rest: memoryview
+    fds: list[int]
+    plan: SpawnPlan
+
+
 class Runtime:
     def __init__(self) -> None:
         self.reactor = Reactor()
         self._lock = threading.Lock()
         self._launcher: Launcher | None = None
         self._tokens = itertools.count(1)
-        self._agents: dict[int, Channel] = {}  # token -> channel, until the agent is reaped
+        # token -> channel (or the agent's entry until it has one), until it is reaped
+        self._agents: dict[int, Channel | _Unattached] = {}
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()  # closed after a fork
         # One agent asked for ahead of need: a spawn that takes it sends its request straight
         # to the agent, and the launcher's wake-up and fork happen off the spawn path
         # (docs/performance.md). Asked for again while the previous spawn's workload runs.
         self._spare: Agent | None = None
 
-    def start(self, channel: Channel, plan: SpawnPlan) -> None:
-        """Send `plan`'s request to an agent for `channel`, then hand the socket to the
-        reactor; closes `plan`'s fds once sent. The request goes first, before anything
-        the session needs only once events arrive, so that work overlaps the agent's."""
+    def send(self, plan: SpawnPlan) -> Sent:
+        """Send `plan`'s request to an agent; closes `plan`'s fds once they are sent.
+
+        The first step of a spawn, before the session's own objects exist: making those
+        overlaps the agent's clone. `attach` (or `abandon`) must follow.
+        """
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         try:
             agent = self._take_spare() or self._new_agent()
         except BaseException:
             plan.close_fds()
             raise
+        entry = _Unattached(agent.launcher)
+        with self._lock:
+            self._agents[agent.token] = entry
+        try:
+            rest, fds = _send_first(agent.sock, request, plan.fds)
+        except BaseException:
+            self.abandon(Sent(agent, entry, memoryview(b""), [], plan))
+            raise
+        if not fds:
+            plan.close_fds()
+        return Sent(agent, entry, rest, fds, plan)
+
+    def attach(self, channel: Channel, sent: Sent) -> None:
+        """Hand a sent request's socket and unsent rest to `channel` and the reactor."""
+        agent = sent.agent
         try:
             with self._lock:
-                self._agents[agent.token] = channel
+                told = sent.entry.told
+                if told is None:
+                    self._agents[agent.token] = channel
                 self._channels.add(channel)
             # An agent that ends cleanly after its terminal frame is not reported by the
             # launcher (protocol.md): the terminal frame is where the entry goes.
             channel.on_terminal = lambda: self._forget(agent.token)
             channel.on_started = self._refill_spare
             channel.launcher = agent.launcher
-            rest, fds = _send_first(agent.sock, request, plan.fds)
-            if not fds:
-                plan.close_fds()
-            channel.attach(agent.sock, rest, fds, plan.close_fds)
+            channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
         except BaseException:
-            self._abandon_start(agent, plan)
+            self.abandon(sent)
             raise
+        if told is not None:
+            self.reactor.call_soon(lambda: told(channel))
 
-    def _abandon_start(self, agent: Agent, plan: SpawnPlan) -> None:
-        self._forget(agent.token)
-        agent.sock.close()
-        plan.close_fds()
+    def abandon(self, sent: Sent) -> None:
+        """Give up a sent request: the agent sees EOF and applies its orphan policy."""
+        self._forget(sent.agent.token)
+        sent.agent.sock.close()
+        sent.plan.close_fds()
 
     def _new_agent(self, launcher: Launcher | None = None) -> Agent:
         """An agent asked of `launcher` without blocking (raises `LauncherBusy` or
@@ -142,18 +184,22 @@ class Runtime:
             self._agents.pop(token, None)
 
     def _agent_exited(self, token: int, status: int) -> None:
-        with self._lock:
-            channel = self._agents.pop(token, None)
         self._drop_spare(token)
-        if channel is not None:
-            channel.agent_exited(status)
+        self._tell(token, lambda channel: channel.agent_exited(status))
 
     def _launch_failed(self, token: int, stage: str, code: int) -> None:
-        with self._lock:
-            channel = self._agents.pop(token, None)
         self._drop_spare(token)
-        if channel is not None:
-            channel.launch_failed(stage, code)
+        self._tell(token, lambda channel: channel.launch_failed(stage, code))
+
+    def _tell(self, token: int, tell: Callable[[Channel], None]) -> None:
+        """Pass the launcher's word on an agent to its channel, now or once attached."""
+        with self._lock:
+            entry = self._agents.pop(token, None)
+            if isinstance(entry, _Unattached):
+                entry.told = tell
+                return
+        if entry is not None:
+            tell(entry)
 
     def _drop_spare(self, token: int) -> None:
         # The spare's agent died waiting, or was never forked: no spawn is to get it.
@@ -167,9 +213,8 @@ class Runtime:
     def _launcher_gone(self, launcher: Launcher) -> None:
         with self._lock:
             orphans = [t for t, c in self._agents.items() if c.launcher is launcher]
-            channels = [self._agents.pop(t) for t in orphans]
-        for channel in channels:
-            channel.agent_exited(None)
+        for token in orphans:
+            self._tell(token, lambda channel: channel.agent_exited(None))
 
     # --- fork ---------------------------------------------------------------------------
 

@@ -61,26 +61,35 @@ class Session:
         """Start a validated spawn. Without `owner`, events go to `default_owner` (a fresh
         `queue.Queue` unless the caller brings its own kind, as `linx.aio` does)."""
         session = cls(_token=_PRIVATE)
-        if owner is None:
-            # The session owns its default owner; the channel, held by the reactor, reaches
-            # it only through the session, weakly. Were it the queue's `put`, the queued
-            # events (each naming its session) would keep a dropped session alive for ever.
-            deliver = _deliver_through(weakref.ref(session))
-            if default_owner is not None:
-                session._adopt_owner(default_owner)
-            else:
-                session._early = collections.deque()
-                session._own_deliver = session._put_default
-        else:
-            deliver = make_deliver(owner)  # may still refuse it: before any fd or thread
-            session._owner = owner
+        deliver = session._take_owner(owner, default_owner)  # may refuse it: before any process
         runtime = get_runtime()
-        state = SessionState(
-            mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
-        )
-        session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
-        runtime.start(session._channel, plan)
+        sent = runtime.send(plan)
+        # From here the agent clones while the rest of the session is made.
+        try:
+            state = SessionState(
+                mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
+            )
+            session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
+        except BaseException:
+            runtime.abandon(sent)
+            raise
+        runtime.attach(session._channel, sent)
         return session
+
+    def _take_owner(self, owner: Any, default_owner: Any) -> Deliver:
+        """Set up who gets the events; return the channel's delivery function."""
+        if owner is not None:
+            self._owner = owner
+            return make_deliver(owner)
+        # The session owns its default owner; the channel, held by the reactor, reaches it
+        # only through the session, weakly. Were it the queue's `put`, the queued events
+        # (each naming its session) would keep a dropped session alive for ever.
+        if default_owner is not None:
+            self._adopt_owner(default_owner)
+        else:
+            self._early = collections.deque()
+            self._own_deliver = self._put_default
+        return _deliver_through(weakref.ref(self))
 
     def _adopt_owner(self, owner: Any) -> None:
         """Make `owner` this session's own default owner."""

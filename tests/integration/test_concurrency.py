@@ -7,11 +7,16 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import linx
 import linx.aio
+import linx.session
 from linx._launcher import Launcher
-from linx._runtime import Agent, get_runtime
+from linx._runtime import Agent, _Unattached, get_runtime
+from linx._state import SessionState
 from tests.conftest import wait_until
 
 
@@ -154,3 +159,29 @@ def test_a_spawn_lost_with_a_dying_launcher_fails_as_agent_died_not_hangs() -> N
     assert isinstance(outcome, linx.ProcessError), outcome
     assert outcome.stage == "agent_died" and outcome.errno is None and outcome.code is None
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
+
+
+def test_the_launchers_word_on_an_agent_dead_before_its_channel_exists_is_not_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The request goes out before the session's channel is made (overlapping the clone);
+    # an agent reaped in that gap must still fail the session with its exit status, at
+    # once, not after the grace period for a report that never comes.
+    _, agent = _forked_spare_agent()  # the next spawn's request goes to this agent
+    runtime = get_runtime()
+    real_state = SessionState
+
+    def agent_killed_first(*args: Any, **kwargs: Any) -> SessionState:
+        os.kill(agent, signal.SIGKILL)
+        assert wait_until(
+            lambda: not any(isinstance(e, _Unattached) for e in list(runtime._agents.values())),
+            10,
+        ), "the launcher never reported the agent"
+        return real_state(*args, **kwargs)
+
+    monkeypatch.setattr(linx.session, "SessionState", agent_killed_first)
+    session = linx.spawn(["/bin/true"], auto_proceed=True)
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=1.5)  # below STATUS_GRACE: the report is not waited for
+    error = raised.value
+    assert (error.stage, error.errno, error.code) == ("agent_died", None, -signal.SIGKILL)
