@@ -51,6 +51,7 @@ class Session:
         # than the deque and the lock below).
         self._early: collections.deque[Event] | None = None
         self._events_lock = threading.Lock()
+        self._owner: Any = _UNMADE
         self._channel: Channel
         self._own_deliver: Deliver
 
@@ -108,12 +109,16 @@ class Session:
 
     def _make_events(self) -> None:
         with self._events_lock:
-            early, self._early = self._early, None
+            early = self._early
             if early is None:
                 return  # made by another thread meanwhile
-            self._events = self._owner = queue.Queue()
+            events: queue.Queue[Event] = queue.Queue()
             for event in early:
-                self._events.put(event)
+                events.put(event)
+            self._events = events
+            if self._owner is _UNMADE:  # not replaced by set_owner() meanwhile
+                self._owner = events
+            self._early = None  # last: a reader that sees None finds the queue made
 
     # --- properties ------------------------------------------------------------------------
 
@@ -133,9 +138,8 @@ class Session:
     @property
     def owner(self) -> Any:
         """Who receives this session's events."""
-        if self._early is not None:
-            self._make_events()
-        return self._owner
+        owner = self._owner
+        return self.events if owner is _UNMADE else owner
 
     @property
     def exit_reason(self) -> object:
@@ -197,7 +201,8 @@ class Session:
         """Send events from now on to `owner` (past events are not replayed)."""
         deliver = make_deliver(owner)
         self._channel.set_deliver(deliver)
-        self._owner = owner
+        with self._events_lock:  # not undone by a default queue being made meanwhile
+            self._owner = owner
 
     def close(self) -> None:
         """End the session: abort a parked child or kill a running workload, then release.
@@ -238,6 +243,7 @@ class Session:
 
 
 _PRIVATE = object()
+_UNMADE = object()  # `Session._owner` while the default queue is not made yet
 
 
 def _deliver_through(ref: weakref.ref[Session]) -> Deliver:

@@ -571,6 +571,21 @@ def test_default_queue_made_after_the_end_holds_every_event_in_order(
     assert all(e.session is session for e in events.queue) and events.empty()
 
 
+def test_set_owner_before_the_default_queue_is_made_keeps_the_new_owner(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/true"])
+    assert wait_until(lambda: session.info().stage == linx.Stage.READY)
+    new: queue.Queue[linx.Event] = queue.Queue()
+    session.set_owner(new)
+    events = session.events  # made now, from what came before the switch
+    assert session.owner is new and events is not None
+    session.proceed()
+    assert isinstance(new.get(timeout=10), linx.Running)
+    assert new.get(timeout=10) == linx.Exited(code=0)
+    assert [type(e) for e in events.queue] == [linx.Ready]
+
+
 def test_default_queue_made_while_events_arrive_loses_and_reorders_nothing(
     session_factory: Factory,
 ) -> None:
