@@ -106,11 +106,14 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 {
 	sigset_t none;
 
-	/* what we inherit from the launcher is not the agent's business */
+	/* what we inherit from the launcher is not the agent's business (its memory goes
+	 * with the process: see LINX_SANITIZED) */
 	close(l->sfd);
-	free(l->agents);
-	free(l->out);
-	chan_free(&l->ch);
+	if (LINX_SANITIZED) {
+		free(l->agents);
+		free(l->out);
+		chan_free(&l->ch);
+	}
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) < 0) {
 		diag("sigprocmask", errno);
@@ -125,7 +128,10 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 		diag("close_range", errno);
 		_exit(1);
 	}
-	exit(agent_main(3));
+	int status = agent_main(3);
+	if (LINX_SANITIZED)
+		exit(status);
+	_exit(status);
 }
 
 static void start_agent(struct launcher *l, uint64_t token, int session_fd)

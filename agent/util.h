@@ -19,6 +19,22 @@
  * interceptors, which only read the shadow. No effect without ASan. */
 #define CHILD_CODE __attribute__((no_sanitize("address")))
 
+/* 1 in sanitizer builds (make SAN=1). They free what an agent inherits from the launcher
+ * and leave through exit(), so LeakSanitizer checks a clean heap. Plain builds leave both
+ * to the kernel: an agent shares the launcher's heap and data copy-on-write, and freeing
+ * the launcher's buffers or running exit handlers there only copies pages (four page
+ * faults an agent, measured; docs/performance.md). */
+#if defined(__SANITIZE_ADDRESS__)
+#define LINX_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LINX_SANITIZED 1
+#endif
+#endif
+#ifndef LINX_SANITIZED
+#define LINX_SANITIZED 0
+#endif
+
 /* A failed step: what was being done (a stage name from docs/protocol.md) and errno. */
 struct fail {
 	const char *stage;
