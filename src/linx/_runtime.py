@@ -31,13 +31,14 @@ class Agent(NamedTuple):
 
 
 class _Unattached:
-    """The agent-table entry of an agent that has its request but no channel yet. What the
-    launcher says of it meanwhile (`told`) waits here for `Runtime.attach`."""
+    """The agent-table entry of a spawn's agent until its channel exists. It is made before
+    the agent is taken or asked for, so that what the launcher says of the agent meanwhile
+    (`told`) is never lost: it waits here for `Runtime.attach`."""
 
     __slots__ = ("launcher", "told")
 
-    def __init__(self, launcher: Launcher) -> None:
-        self.launcher = launcher
+    def __init__(self) -> None:
+        self.launcher: Launcher | None = None
         self.told: Callable[[Channel], None] | None = None
 
 
@@ -72,14 +73,12 @@ class Runtime:
         overlaps the agent's clone. `attach` (or `abandon`) must follow.
         """
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
+        entry = _Unattached()
         try:
-            agent = self._take_spare() or self._new_agent()
+            agent = self._take_spare(entry) or self._new_agent(entry=entry)
         except BaseException:
             plan.close_fds()
             raise
-        entry = _Unattached(agent.launcher)
-        with self._lock:
-            self._agents[agent.token] = entry
         try:
             rest, fds = _send_first(agent.sock, request, plan.fds)
         except BaseException:
@@ -116,11 +115,17 @@ class Runtime:
         sent.agent.sock.close()
         sent.plan.close_fds()
 
-    def _new_agent(self, launcher: Launcher | None = None) -> Agent:
+    def _new_agent(
+        self, launcher: Launcher | None = None, entry: _Unattached | None = None
+    ) -> Agent:
         """An agent asked of `launcher` without blocking (raises `LauncherBusy` or
-        `LauncherGone`), or else of the current launcher, started anew if need be."""
+        `LauncherGone`), or else of the current launcher, started anew if need be. With
+        `entry`, the agent is in the agent table under it before it is asked for."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         token = next(self._tokens)
+        if entry is not None:
+            with self._lock:
+                self._agents[token] = entry
         try:
             ours.setblocking(False)  # here, not on the spawn path, for a spare
             if launcher is None:
@@ -128,17 +133,26 @@ class Runtime:
             else:
                 launcher.start_agent(token, theirs.fileno(), block=False)
         except BaseException:
+            self._forget(token)
             ours.close()
             raise
         finally:
             theirs.close()
+        if entry is not None:
+            entry.launcher = launcher
         return Agent(token, ours, launcher)
 
-    def _take_spare(self) -> Agent | None:
+    def _take_spare(self, entry: _Unattached) -> Agent | None:
+        """The spare agent, if any, in the agent table under `entry`: taken and entered
+        under one lock, so no word of the launcher on it falls in between."""
         with self._lock:
             spare, self._spare = self._spare, None
+            if spare is not None:
+                entry.launcher = spare.launcher
+                self._agents[spare.token] = entry
         if spare is not None and not spare.launcher.alive:
             # Its launcher may have died before forking it: not worth finding out.
+            self._forget(spare.token)
             spare.sock.close()
             return None
         return spare

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +64,9 @@ def test_many_asyncio_tasks_spawn_and_wait_concurrently() -> None:
         assert outcome == linx.Exited(code=code)
 
 
-def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> None:
-    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
-    launcher = get_runtime()._launcher
-    assert launcher is not None
-    running = linx.spawn(["/bin/sleep", "0.5"], auto_proceed=True)
-    assert running.events is not None
-    assert isinstance(running.events.get(timeout=10), linx.Ready)  # its agent exists
-    # Hold the reactor so that the application's own reaper surely takes the launcher first.
+@contextlib.contextmanager
+def reactor_held() -> Iterator[None]:
+    """Keep the reactor thread busy (reading nothing) for the length of the block."""
     held, gate = threading.Event(), threading.Event()
 
     def hold_reactor() -> None:
@@ -79,11 +76,23 @@ def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> N
     get_runtime().reactor.call_soon(hold_reactor)
     assert held.wait(10), "the reactor never ran the hold"
     try:
+        yield
+    finally:
+        gate.set()
+
+
+def test_an_application_reaping_the_launcher_itself_does_not_confuse_linx() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    running = linx.spawn(["/bin/sleep", "0.5"], auto_proceed=True)
+    assert running.events is not None
+    assert isinstance(running.events.get(timeout=10), linx.Ready)  # its agent exists
+    # Hold the reactor so that the application's own reaper surely takes the launcher first.
+    with reactor_held():
         os.kill(launcher.pid, signal.SIGKILL)
         reaped_pid, _ = os.waitpid(launcher.pid, 0)
         assert reaped_pid == launcher.pid
-    finally:
-        gate.set()
     assert wait_until(lambda: not launcher.alive, 10)
     assert running.wait(timeout=10) == linx.Exited(code=0)  # its agent did not depend on it
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(code=0)
@@ -95,7 +104,8 @@ def _take_spare_agent() -> Agent:
     """Wait for the runtime's spare agent and take it, as a spawn would."""
     runtime = get_runtime()
     assert wait_until(lambda: runtime._spare is not None, 10)
-    spare = runtime._take_spare()
+    with runtime._lock:
+        spare, runtime._spare = runtime._spare, None
     assert spare is not None
     return spare
 
@@ -181,6 +191,20 @@ def test_the_launchers_word_on_an_agent_dead_before_its_channel_exists_is_not_lo
 
     monkeypatch.setattr(linx.session, "SessionState", agent_killed_first)
     session = linx.spawn(["/bin/true"], auto_proceed=True)
+    with pytest.raises(linx.ProcessError) as raised:
+        session.wait(timeout=1.5)  # below STATUS_GRACE: the report is not waited for
+    error = raised.value
+    assert (error.stage, error.errno, error.code) == ("agent_died", None, -signal.SIGKILL)
+
+
+def test_a_spare_agent_dead_before_its_report_is_read_fails_the_spawn_taking_it_at_once() -> None:
+    # The other order than above: with the reactor held, the launcher's report of the death
+    # is not read before a spawn takes the spare and sends it its request.
+    _, spare_agent = _forked_spare_agent()
+    with reactor_held():
+        os.kill(spare_agent, signal.SIGKILL)
+        assert wait_until(lambda: not Path(f"/proc/{spare_agent}").exists(), 10)  # reaped
+        session = linx.spawn(["/bin/true"], auto_proceed=True)
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=1.5)  # below STATUS_GRACE: the report is not waited for
     error = raised.value
