@@ -296,16 +296,29 @@ class _Layout:
     """One message class's fields indexed by tag, for parsing.
 
     Built once per class: a body is read in one pass, with no intermediate per-tag lists,
-    because the reactor parses every frame of every session.
+    because the reactor parses every frame of every session. A message whose fields are all
+    integers also gets `whole`: one struct for the body with every field present in tag
+    order, which is how the agent writes them (`SPAWNED`, `READY`, `EXITED`, ...); a body
+    of that size whose tags and sizes match is read in one call, any other by the loop.
     """
 
-    __slots__ = ("by_tag", "repeated", "required")
+    __slots__ = ("by_tag", "repeated", "required", "whole", "whole_sizes", "whole_tags")
 
     def __init__(self, cls: type[Message]) -> None:
         schema = _wire_fields(cls)
         self.by_tag = {spec.tag: (name, spec.kind, spec.repeated) for name, spec in schema}
         self.required = tuple(name for name, spec in schema if spec.required)
         self.repeated = tuple(name for name, spec in schema if spec.repeated)
+        self.whole: struct.Struct | None = None
+        self.whole_tags: tuple[int, ...] = ()
+        self.whole_sizes: tuple[int, ...] = ()
+        integers = [s for _, s in schema if s.kind is not Kind.BYTES and not s.repeated]
+        in_order = [f.name for f in fields(cls)] == [n for n, _ in schema]  # type: ignore[arg-type]
+        if schema and in_order and len(integers) == len(schema):
+            codecs = [_U32 if spec.kind is Kind.U32 else _U64 for spec in integers]
+            self.whole = struct.Struct("<" + "".join("HI" + c.format[1:] for c in codecs))
+            self.whole_tags = tuple(spec.tag for spec in integers)
+            self.whole_sizes = tuple(c.size for c in codecs)
 
 
 _LAYOUTS: dict[type[Message], _Layout] = {}
@@ -327,6 +340,11 @@ def decode_body(cls: type[Message], body: bytes | memoryview) -> Message:
     Fields with a tag `cls` does not know are skipped (forward compatibility).
     """
     layout = _LAYOUTS.get(cls) or _LAYOUTS.setdefault(cls, _Layout(cls))
+    whole = layout.whole
+    if whole is not None and len(body) == whole.size:
+        values = whole.unpack_from(body)
+        if values[0::3] == layout.whole_tags and values[1::3] == layout.whole_sizes:
+            return cls(*values[2::3])
     view = memoryview(body)
     end = len(view)
     kwargs: dict[str, Any] = {}

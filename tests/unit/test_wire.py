@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 import struct
 
 import pytest
@@ -82,6 +83,26 @@ def test_agent_messages_round_trip_across_any_split(
     data = b"".join(_wire.encode(m) for m in messages)
     reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
     assert _feed_in_pieces(reader, data, cuts) == messages
+
+
+def _fields_of(frame: bytes) -> list[bytes]:
+    """The tag-length-value fields of an encoded frame, each as its bytes."""
+    body, found, pos = frame[_wire._HEAD.size :], [], 0
+    while pos < len(body):
+        _, size = _wire._FIELD.unpack_from(body, pos)
+        found.append(body[pos : pos + _wire._FIELD.size + size])
+        pos += _wire._FIELD.size + size
+    return found
+
+
+@given(agent_messages | launcher_messages | commands, st.randoms(use_true_random=False))
+def test_fields_in_any_order_decode_alike(message: _wire.Message, order: random.Random) -> None:
+    # The agent writes fields in tag order, which integer-only messages read in one struct
+    # call; any other order takes the general loop and must give the same message.
+    frame = _wire.encode(message)
+    fields = _fields_of(frame)
+    order.shuffle(fields)
+    assert _wire.decode_body(type(message), b"".join(fields)) == message
 
 
 @given(st.lists(launcher_messages, min_size=1, max_size=4))
