@@ -92,6 +92,50 @@ def short_dir() -> Iterator[str]:
         yield directory
 
 
+class Pipe:
+    """A pipe between a test and a workload: either end can go to the workload, and closing
+    the write end is the workload's EOF (`close_write`)."""
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self._buffer = b""
+
+    def close_write(self) -> None:
+        if self.write_end >= 0:
+            os.close(self.write_end)
+            self.write_end = -1
+
+    def close(self) -> None:
+        self.close_write()
+        os.close(self.read_end)
+
+    def read_lines(self, count: int, timeout: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while self._buffer.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.read_end], [], [], max(left, 0))
+            if not ready:
+                raise AssertionError(f"no {count} lines within {timeout}s: {self._buffer!r}")
+            chunk = os.read(self.read_end, 65536)
+            if not chunk:
+                raise AssertionError(f"EOF before {count} lines: {self._buffer!r}")
+            self._buffer += chunk
+        lines = self._buffer.split(b"\n")
+        self._buffer = b"\n".join(lines[count:])
+        return [line.decode() for line in lines[:count]]
+
+    def read_to_eof(self, timeout: float = 10.0) -> bytes:
+        data, self._buffer = self._buffer, b""
+        return read_to_eof(self.read_end, timeout, already=data)
+
+
+@pytest.fixture
+def pipe() -> Iterator[Pipe]:
+    p = Pipe()
+    yield p
+    p.close()
+
+
 def read_to_eof(fd: int, timeout: float = 10.0, already: bytes = b"") -> bytes:
     """Everything readable from `fd` until EOF (after `already`); fails without EOF in time."""
     deadline = time.monotonic() + timeout

@@ -21,6 +21,7 @@ import pytest
 
 import linx
 from tests.conftest import (
+    Pipe,
     drain,
     expect,
     next_event,
@@ -93,29 +94,6 @@ def _stalled_at(path: str) -> Iterator[Stall]:
         server.close()
         for client in clients:
             client.close()
-
-
-class Gate:
-    """A pipe for a workload's stdin: `read` blocks in the workload until `open()`."""
-
-    def __init__(self) -> None:
-        self.stdin, self._write = os.pipe()
-
-    def open(self) -> None:
-        if self._write >= 0:
-            os.close(self._write)
-            self._write = -1
-
-    def close(self) -> None:
-        self.open()
-        os.close(self.stdin)
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = Gate()
-    yield g
-    g.close()
 
 
 def marker_workload(marker: Path) -> list[str]:
@@ -277,15 +255,15 @@ def test_exactly_one_terminal_event_and_none_after(session_factory: Factory) -> 
 
 @pytest.mark.parametrize("ending", ["exited", "signaled", "aborted", "errored"])
 def test_info_stage_walks_the_lifecycle_to_each_kind_of_ending(
-    session_factory: Factory, gate: Gate, ending: str
+    session_factory: Factory, pipe: Pipe, ending: str
 ) -> None:
     argv = {
-        "exited": ["/bin/sh", "-c", "read line; exit 5"],  # exits when the gate opens
+        "exited": ["/bin/sh", "-c", "read line; exit 5"],  # exits at EOF on its stdin
         "signaled": ["/bin/sleep", "30"],
         "aborted": ["/bin/true"],
         "errored": ["/nonexistent/linx-test-binary"],
     }[ending]
-    session = session_factory(argv, stdio={"stdin": gate.stdin})
+    session = session_factory(argv, stdio={"stdin": pipe.read_end})
     assert session.info().stage in (linx.Stage.STARTING, linx.Stage.SPAWNED, linx.Stage.READY)
     ready = expect(session, linx.Ready)
     info = session.info()
@@ -309,7 +287,7 @@ def test_info_stage_walks_the_lifecycle_to_each_kind_of_ending(
                 outcome = expect(session, linx.Signaled)
                 assert outcome == linx.Signaled(signum=signal.SIGKILL)
             else:
-                gate.open()
+                pipe.close_write()
                 outcome = expect(session, linx.Exited)
                 assert outcome == linx.Exited(code=5)
     assert no_more_events(session)

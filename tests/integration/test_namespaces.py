@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import linx
-from tests.conftest import capture_stdout, expect, read_to_eof
+from tests.conftest import Pipe, capture_stdout, expect
 
 Factory = Callable[..., linx.Session]
 
@@ -32,49 +30,6 @@ NS_FILES = {
 def ns_links(pid: int | str) -> dict[str, str]:
     """The namespace identities (`net:[4026531840]`) of a process, by /proc ns file name."""
     return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in NS_FILES.values()}
-
-
-class Pipe:
-    """A pipe whose write end goes to a workload; the test reads lines from the other end."""
-
-    def __init__(self) -> None:
-        self.read_end, self.write_end = os.pipe()
-        self._buffer = b""
-
-    def close_write(self) -> None:
-        if self.write_end >= 0:
-            os.close(self.write_end)
-            self.write_end = -1
-
-    def close(self) -> None:
-        self.close_write()
-        os.close(self.read_end)
-
-    def read_lines(self, count: int, timeout: float = 10.0) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while self._buffer.count(b"\n") < count:
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([self.read_end], [], [], max(left, 0))
-            if not ready:
-                raise AssertionError(f"no {count} lines within {timeout}s: {self._buffer!r}")
-            chunk = os.read(self.read_end, 65536)
-            if not chunk:
-                raise AssertionError(f"EOF before {count} lines: {self._buffer!r}")
-            self._buffer += chunk
-        lines = self._buffer.split(b"\n")
-        self._buffer = b"\n".join(lines[count:])
-        return [line.decode() for line in lines[:count]]
-
-    def read_to_eof(self, timeout: float = 10.0) -> bytes:
-        data, self._buffer = self._buffer, b""
-        return read_to_eof(self.read_end, timeout, already=data)
-
-
-@pytest.fixture
-def pipe() -> Iterator[Pipe]:
-    p = Pipe()
-    yield p
-    p.close()
 
 
 @pytest.mark.parametrize("namespace", list(NS_FILES))
