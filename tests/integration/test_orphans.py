@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -83,27 +84,32 @@ def _kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def _owner_killed(procs: list[subprocess.Popen[str]], policy: str) -> Iterator[list[int]]:
+    """An owner process's three workloads, after a SIGKILL of the owner; whatever is left
+    of them is killed afterwards."""
+    pids = _start_owner(procs, policy)
+    try:
+        procs[0].kill()
+        procs[0].wait()
+        yield pids
+    finally:
+        _kill_all(pids)
+
+
 def test_sigkilled_python_process_takes_its_workloads_with_it(
     owner_process: list[subprocess.Popen[str]],
 ) -> None:
-    pids = _start_owner(owner_process, "default")
-    try:
-        owner_process[0].kill()
-        owner_process[0].wait()
+    with _owner_killed(owner_process, "default") as pids:
         assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5), (
             f"still running after their Python process died: {[p for p in pids if pid_alive(p)]}"
         )
-    finally:
-        _kill_all(pids)
 
 
 def test_linger_policy_keeps_workloads_running_after_python_process_dies(
     owner_process: list[subprocess.Popen[str]],
 ) -> None:
-    pids = _start_owner(owner_process, "linger")
-    try:
-        owner_process[0].kill()
-        owner_process[0].wait()
+    with _owner_killed(owner_process, "linger") as pids:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             assert all(pid_alive(p) for p in pids), "a lingering workload died with its owner"
@@ -111,8 +117,6 @@ def test_linger_policy_keeps_workloads_running_after_python_process_dies(
         _kill_all(pids)
         # Their agents stayed to reap them: no zombie is left.
         assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=5)
-    finally:
-        _kill_all(pids)
 
 
 def test_kill_policy_grace_ends_with_sigkill_for_a_workload_that_survives_sigterm(
