@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import collections
-import concurrent.futures
 import logging
 import select
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 from . import _wire
 from ._owners import Deliver, deliver_all
 from ._reactor import Reactor
+from ._settled import Settled
 from ._state import Info, SessionState, exit_reason
 from .errors import NoProcess, ProcessError
 from .events import Event, Outcome
@@ -75,9 +75,7 @@ class Channel:
         self.on_terminal: Callable[[], None] = lambda: None
         # Called once, in the reactor thread, when the agent's first frame arrives.
         self.on_started: Callable[[], None] | None = None
-        self.outcome: concurrent.futures.Future[Result] = concurrent.futures.Future()
-        # Running futures cannot be cancelled, so no waiter can cancel the others' answer.
-        self.outcome.set_running_or_notify_cancel()
+        self.outcome: Settled[Result] = Settled()
 
     # --- start ---------------------------------------------------------------------------
 
@@ -303,7 +301,7 @@ class Channel:
             return
         deliver_all(deliver, events)
         if result is not None:
-            self.outcome.set_result(result)
+            self.outcome.set(result)
             self.on_terminal()
 
     def _close_socket(self) -> None:

@@ -74,7 +74,7 @@ class Session:
         channel = self._core._channel
         if channel.closed:
             raise NoProcess("the session is closed")
-        future = asyncio.wrap_future(channel.outcome)
+        future = asyncio.wrap_future(channel.outcome.future())
         return _unwrap(await asyncio.wait_for(future, timeout))
 
     async def aclose(self) -> None:
@@ -83,7 +83,7 @@ class Session:
         if not channel.begin_close():
             return
         try:
-            await asyncio.wait_for(asyncio.wrap_future(channel.outcome), CLOSE_TIMEOUT)
+            await asyncio.wait_for(asyncio.wrap_future(channel.outcome.future()), CLOSE_TIMEOUT)
         except TimeoutError:
             log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
         channel.finish_close()

@@ -181,7 +181,7 @@ class Session:
         """
         if self._channel.closed:
             raise NoProcess("the session is closed")
-        return _unwrap(self._channel.outcome.result(timeout))
+        return _unwrap(self._channel.outcome.wait(timeout))
 
     def info(self) -> Info:
         """A snapshot: mode, stage, host_pid, child_pid, pty, result."""
@@ -214,7 +214,7 @@ class Session:
             return
         if not get_runtime().reactor.in_reactor_thread():
             try:
-                channel.outcome.result(CLOSE_TIMEOUT)
+                channel.outcome.wait(CLOSE_TIMEOUT)
             except TimeoutError:
                 log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
         channel.finish_close()

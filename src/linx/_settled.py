@@ -1,0 +1,62 @@
+"""A value set once, in the reactor thread, and read by any number of waiting threads.
+
+A session's terminal outcome. `concurrent.futures.Future` would do, but its `result()`
+runs a `Condition` in Python (a fresh lock per wait, an `RLock` round on each side) on the
+path of every `wait()`; here a waiting thread blocks in one `Lock.acquire`, in C, and the
+setter's `release` is all it takes to wake it. asyncio gets a `Future` only when it asks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Settled(Generic[T]):
+    """Set once with `set`; `wait` blocks until then."""
+
+    __slots__ = ("_done", "_futures", "_gate", "_lock", "_value")
+
+    def __init__(self) -> None:
+        # Held until `set`: every waiter acquires it and at once releases it for the next.
+        self._gate = threading.Lock()
+        self._gate.acquire()
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._done = False
+        self._futures: list[concurrent.futures.Future[T]] = []
+
+    def set(self, value: T) -> None:
+        """Record `value` and wake every waiter. Only the first call counts."""
+        with self._lock:
+            if self._done:
+                return
+            self._value = value
+            self._done = True
+            futures, self._futures = self._futures, []
+        self._gate.release()
+        for future in futures:
+            future.set_result(value)
+
+    def wait(self, timeout: float | None = None) -> T:
+        """The value; raises `TimeoutError` if `timeout` seconds pass first."""
+        if not self._done:
+            wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
+            if not self._gate.acquire(timeout=wait):
+                raise TimeoutError
+            self._gate.release()
+        return self._value  # type: ignore[return-value]
+
+    def future(self) -> concurrent.futures.Future[T]:
+        """A `concurrent.futures.Future` that gets the value (for `asyncio.wrap_future`)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        future.set_running_or_notify_cancel()  # running: no holder can cancel it for others
+        with self._lock:
+            if not self._done:
+                self._futures.append(future)
+                return future
+        future.set_result(self._value)  # type: ignore[arg-type]
+        return future
