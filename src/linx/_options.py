@@ -11,9 +11,10 @@ from __future__ import annotations
 import enum
 import math
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 from . import _wire
 
@@ -91,6 +92,29 @@ def _os_bytes(name: str, value: object) -> bytes:
     return raw
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+def _plain_os_bytes(values: Sequence[object]) -> tuple[bytes, ...] | None:
+    """`values` as bytes when all are `str` (or all `bytes`) without a NUL; else None, and
+    the general path names the bad item. One join, one encode and one split instead of a
+    call per item: the spawn path runs cold, and every call costs about three times what a
+    warm loop says (docs/performance.md)."""
+    if _FS_ENCODING != "utf-8":
+        return None
+    try:
+        joined = "\0".join(values).encode(_FS_ENCODING, _FS_ERRORS)  # type: ignore[arg-type]
+    except TypeError:  # not all str; bytes.join would take any buffer, so check first
+        if not all(isinstance(value, bytes) for value in values):
+            return None
+        joined = b"\0".join(values)  # type: ignore[arg-type]
+    except UnicodeEncodeError:
+        return None
+    items = tuple(joined.split(b"\0"))
+    return items if len(items) == len(values) else None  # more: an item had a NUL
+
+
 def _id(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {value!r}")
@@ -111,18 +135,29 @@ def validate_signal(signum: object) -> int:
 # --- options ---------------------------------------------------------------------------
 
 
+def _is_sequence(value: object) -> TypeGuard[Sequence[object]]:
+    """A sequence but not a string; a list or tuple without the slower ABC check."""
+    if isinstance(value, list | tuple):
+        return True
+    return not isinstance(value, str | bytes) and isinstance(value, Sequence)
+
+
 def _argv(argv: object) -> tuple[bytes, ...]:
-    if isinstance(argv, str | bytes) or not isinstance(argv, Sequence):
+    if not _is_sequence(argv):
         raise TypeError(f"argv must be a sequence of str or bytes, not {argv!r}")
     if not argv:
         raise ValueError(f"argv must not be empty, got {argv!r}")
-    items = tuple(_os_bytes(f"argv[{i}]", arg) for i, arg in enumerate(argv))
+    items = _plain_os_bytes(argv)
+    if items is None:
+        items = tuple(_os_bytes(f"argv[{i}]", arg) for i, arg in enumerate(argv))
     if not items[0].startswith(b"/"):
         raise ValueError(f"argv[0] must be an absolute path (no $PATH lookup), not {argv[0]!r}")
     return items
 
 
 def _namespaces(namespaces: object) -> frozenset[Namespace]:
+    if type(namespaces) is tuple and not namespaces:
+        return _NO_NAMESPACES  # the default
     if isinstance(namespaces, str | bytes) or not isinstance(namespaces, Iterable):
         raise TypeError(f"namespaces must be a collection of names, not {namespaces!r}")
     found = set()
@@ -136,6 +171,8 @@ def _namespaces(namespaces: object) -> frozenset[Namespace]:
             raise ValueError(f"namespaces: unknown namespace {item!r} (known: {known})") from None
     return frozenset(found)
 
+
+_NO_NAMESPACES: frozenset[Namespace] = frozenset()
 
 _inherited_env: tuple[dict[bytes, bytes], tuple[bytes, ...]] = ({}, ())
 
@@ -160,7 +197,7 @@ def _env(env: object) -> tuple[bytes, ...]:
             if not key or b"=" in key:
                 raise ValueError(f"env: a key must be non-empty and contain no '=': {key!r}")
         return tuple(k + b"=" + v for k, v in pairs)
-    if isinstance(env, str | bytes) or not isinstance(env, Sequence):
+    if not _is_sequence(env):
         raise TypeError(f"env must be a mapping or a sequence of 'KEY=VALUE', not {env!r}")
     items = tuple(_os_bytes(f"env[{i}]", entry) for i, entry in enumerate(env))
     for item in items:
@@ -278,7 +315,7 @@ def plan_spawn(
         argv=args,
         env=environment,
         cwd=workdir,
-        namespaces=sum(CLONE_FLAGS[n] for n in spaces) or None,
+        namespaces=sum(CLONE_FLAGS[n] for n in spaces) if spaces else None,
         hostname=host,
         uid_map=uids,
         gid_map=gids,
@@ -381,4 +418,7 @@ def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) 
             return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's
         raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
     fds.append(copy)
-    return _wire.stdio_fd(len(fds) - 1)
+    return _FD_DIRECTIVES[len(fds) - 1]
+
+
+_FD_DIRECTIVES = tuple(_wire.stdio_fd(index) for index in range(len(_STDIO_NAMES)))

@@ -24,6 +24,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("argv-nul-byte", "argv", "ValueError", "'/bin/tr\\x00ue'", "spawn([v])"),
     ("argv-nul-in-later-item", "argv", "ValueError", "'a\\x00b'", "spawn(['/bin/echo', v])"),
     ("argv-non-str-item", "argv", "TypeError", "5", "spawn(['/bin/echo', v])"),
+    ("argv-bytearray-item", "argv", "TypeError", "bytearray(b'/bin/true')", "spawn([v])"),
+    ("argv-mixed-bytearray", "argv", "TypeError", "bytearray(b'x')", "spawn([b'/bin/echo', v])"),
     ("namespaces-unknown-name", "namespaces", "ValueError", "'bogus'", "spawn(T, namespaces=[v])"),
     ("namespaces-plain-str", "namespaces", "TypeError", "'net'", "spawn(T, namespaces=v)"),
     ("namespaces-non-str-item", "namespaces", "TypeError", "7", "spawn(T, namespaces=[v])"),

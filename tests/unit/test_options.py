@@ -1,0 +1,61 @@
+"""`_options`: the argv fast path agrees with the general one (pure logic, no process)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linx import _options
+
+# Any code point a str can hold, lone surrogates included (os.fsencode's escapes and worse).
+any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()))
+items = st.lists(any_text, min_size=1, max_size=6) | st.lists(st.binary(), min_size=1, max_size=6)
+
+
+def general(values: list[str] | list[bytes]) -> tuple[bytes, ...] | type[Exception]:
+    try:
+        return tuple(_options._os_bytes(f"argv[{i}]", v) for i, v in enumerate(values))
+    except (ValueError, UnicodeEncodeError) as exc:
+        return type(exc)
+
+
+@given(items)
+def test_the_fast_path_gives_what_the_general_path_gives_or_leaves_it_to_it(
+    values: list[str] | list[bytes],
+) -> None:
+    fast = _options._plain_os_bytes(values)
+    expected = general(values)
+    if fast is None:  # it must only decline what the general path refuses
+        assert not isinstance(expected, tuple)
+    else:
+        assert fast == expected
+
+
+@given(st.lists(st.text(st.characters(exclude_characters="\0")), min_size=1, max_size=6))
+def test_plain_str_items_take_the_fast_path(values: list[str]) -> None:
+    assert _options._plain_os_bytes(values) == tuple(os.fsencode(v) for v in values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [b"/bin/true", bytearray(b"x")],
+        [bytearray(b"/bin/true")],
+        ["/bin/echo", b"x"],
+        ["/bin/echo", os.path],
+        ["/bin/tr\0ue"],
+        [b"/bin/echo", b"a\0b"],
+    ],
+)
+def test_anything_else_is_left_to_the_general_path(values: list[object]) -> None:
+    assert _options._plain_os_bytes(values) is None
+
+
+def test_argv_still_names_the_bad_item() -> None:
+    with pytest.raises(TypeError, match=r"argv\[1\].*bytearray"):
+        _options._argv([b"/bin/echo", bytearray(b"x")])
+    with pytest.raises(ValueError, match=r"argv\[1\] contains a NUL"):
+        _options._argv(["/bin/echo", "a\0b"])
