@@ -256,13 +256,13 @@ class Channel:
         if self.on_started is not None:
             # After this round of the loop: when the batch is the last one too, the thread
             # waiting for the outcome must not wait for the GIL while the refill runs.
-            self._reactor.call_soon(self.on_started)
+            self._reactor.call_next(self.on_started)
             self.on_started = None
         if self.state.terminal:
             # The agent sends nothing after its terminal frame and exits: no need to wait
             # for the EOF (one reactor wake-up less per session). After this round of the
             # loop, like on_started.
-            self._reactor.call_soon(self._close_socket)
+            self._reactor.call_next(self._close_socket)
 
     def _on_eof(self) -> None:
         self._close_socket()

@@ -44,6 +44,7 @@ class Reactor:
         self._recv_buffer = memoryview(bytearray(READ_SIZE))
         self._thread = threading.Thread(target=self._run, name="linx-reactor", daemon=True)
         self._thread.start()
+        self._ident = self._thread.ident  # known once start() returns
 
     # --- any thread ------------------------------------------------------------------
 
@@ -59,13 +60,17 @@ class Reactor:
         self._calls.append(fn)
         self._wake()
 
+    def call_next(self, fn: Callable[[], None]) -> None:
+        """`call_soon` from the reactor thread itself: after this round's handlers."""
+        self._calls.append(fn)
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         with self._lock:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
         self._wake()
 
     def in_reactor_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        return threading.get_ident() == self._ident
 
     def _wake(self) -> None:
         if not self.in_reactor_thread():
@@ -101,7 +106,8 @@ class Reactor:
                 handler = self._handlers.get(fd)
                 if handler is not None:
                     self._guarded(handler, mask)
-            self._run_due_timers()
+            if self._timers:  # read without the lock: a timer added meanwhile wakes us
+                self._run_due_timers()
             while self._calls:
                 self._guarded(self._calls.popleft())
 
