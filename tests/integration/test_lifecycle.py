@@ -522,6 +522,23 @@ def test_callable_owner_receives_every_event(session_factory: Factory) -> None:
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
+def test_an_owner_that_raises_misses_only_that_event(
+    session_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[linx.Event] = []
+
+    def owner(event: linx.Event) -> None:
+        if isinstance(event, linx.Running):
+            raise RuntimeError("owner bug")
+        received.append(event)
+
+    # auto_proceed: Ready, Running and Exited reach the owner in one batch, as a rule
+    session = session_factory(["/bin/true"], owner=owner, auto_proceed=True)
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert [type(e) for e in received] == [linx.Ready, linx.Exited]
+    assert "the owner failed to take Running" in caplog.text
+
+
 def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
     owner: queue.Queue[linx.Event] = queue.Queue()
     session = session_factory(["/bin/sh", "-c", "exit 2"], owner=owner)
