@@ -55,21 +55,27 @@ def field_spec(tag: int, kind: Kind, *, required: bool = False, repeated: bool =
 
 
 class Message:
-    """Base of every message; subclasses are frozen dataclasses with a `TYPE`."""
+    """Base of every message; subclasses are slotted dataclasses with a `TYPE`.
 
+    Treat them as values. They are not frozen: a frozen dataclass sets each field through
+    `object.__setattr__`, which made building a `Spawn` and decoding the agent's frames a
+    measurable part of a spawn (docs/performance.md).
+    """
+
+    __slots__ = ()
     TYPE: ClassVar[int]
 
 
 # --- launcher channel -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StartAgent(Message):
     TYPE: ClassVar[int] = 0x0001
     token: int = field_spec(1, Kind.U64, required=True)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AgentExited(Message):
     TYPE: ClassVar[int] = 0x0081
     token: int = field_spec(1, Kind.U64, required=True)
@@ -77,7 +83,7 @@ class AgentExited(Message):
     term_signal: int | None = field_spec(3, Kind.U32)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LaunchFailed(Message):
     TYPE: ClassVar[int] = 0x0082
     token: int = field_spec(1, Kind.U64, required=True)
@@ -88,7 +94,7 @@ class LaunchFailed(Message):
 # --- session channel, Python -> agent -------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Spawn(Message):
     TYPE: ClassVar[int] = 0x0001
     version: int = field_spec(1, Kind.U32, required=True)
@@ -112,17 +118,17 @@ class Spawn(Message):
     orphan_linger: int | None = field_spec(19, Kind.U32)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Proceed(Message):
     TYPE: ClassVar[int] = 0x0010
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Abort(Message):
     TYPE: ClassVar[int] = 0x0011
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Signal(Message):
     TYPE: ClassVar[int] = 0x0012
     signum: int = field_spec(1, Kind.U32, required=True)
@@ -131,50 +137,50 @@ class Signal(Message):
 # --- session channel, agent -> Python -------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Spawned(Message):
     TYPE: ClassVar[int] = 0x0081
     host_pid: int = field_spec(1, Kind.U32, required=True)
     agent_pid: int | None = field_spec(2, Kind.U32)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ready(Message):
     TYPE: ClassVar[int] = 0x0082
     host_pid: int = field_spec(1, Kind.U32, required=True)
     child_pid: int | None = field_spec(2, Kind.U32)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Running(Message):
     TYPE: ClassVar[int] = 0x0083
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Exited(Message):
     TYPE: ClassVar[int] = 0x0084
     code: int = field_spec(1, Kind.U32, required=True)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Signaled(Message):
     TYPE: ClassVar[int] = 0x0085
     signum: int = field_spec(1, Kind.U32, required=True)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Aborted(Message):
     TYPE: ClassVar[int] = 0x0086
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Error(Message):
     TYPE: ClassVar[int] = 0x0087
     stage: bytes = field_spec(1, Kind.BYTES, required=True)
     errno: int = field_spec(2, Kind.U32, required=True)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Notice(Message):
     TYPE: ClassVar[int] = 0x0088
     stage: bytes = field_spec(1, Kind.BYTES, required=True)
