@@ -39,7 +39,8 @@ class Settled(Generic[T]):
             futures, self._futures = self._futures, []
         self._gate.release()
         for future in futures:
-            future.set_result(value)
+            if future.set_running_or_notify_cancel():  # False: its waiter gave up on it
+                future.set_result(value)
 
     def wait(self, timeout: float | None = None) -> T:
         """The value; raises `TimeoutError` if `timeout` seconds pass first."""
@@ -51,12 +52,17 @@ class Settled(Generic[T]):
         return self._value  # type: ignore[return-value]
 
     def future(self) -> concurrent.futures.Future[T]:
-        """A `concurrent.futures.Future` that gets the value (for `asyncio.wrap_future`)."""
+        """A `concurrent.futures.Future` of its own for one waiter (`asyncio.wrap_future`).
+
+        Its waiter may cancel it (a timed-out `wait_for` does); that touches no one else's.
+        """
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()  # running: no holder can cancel it for others
         with self._lock:
             if not self._done:
+                # Drop the ones given up on, or a caller polling with timeouts grows the list.
+                self._futures = [f for f in self._futures if not f.cancelled()]
                 self._futures.append(future)
                 return future
+        future.set_running_or_notify_cancel()
         future.set_result(self._value)  # type: ignore[arg-type]
         return future

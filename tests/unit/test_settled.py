@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 from hypothesis import given
@@ -78,9 +80,26 @@ def test_a_future_made_before_the_value_gets_it_in_asyncio() -> None:
     assert asyncio.run(main()) == "late"
 
 
-def test_a_future_cannot_be_cancelled_for_the_other_waiters() -> None:
+def test_cancelling_one_future_leaves_the_others_their_value() -> None:
     cell: Settled[int] = Settled()
-    future = cell.future()
-    assert not future.cancel()
+    given_up, kept = cell.future(), cell.future()
+    assert given_up.cancel()
     cell.set(1)
-    assert future.result(timeout=0) == 1
+    assert given_up.cancelled()
+    assert kept.result(timeout=0) == 1
+    assert cell.wait(timeout=0) == 1
+
+
+def test_futures_given_up_on_are_not_kept() -> None:
+    cell: Settled[int] = Settled()
+    refs = []
+    for _ in range(50):  # a caller polling with a timeout: each wait_for cancels its future
+        future = cell.future()
+        assert future.cancel()
+        refs.append(weakref.ref(future))
+        del future
+    kept = cell.future()  # pruning happens here
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    cell.set(3)
+    assert kept.result(timeout=0) == 3
