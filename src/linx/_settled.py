@@ -1,9 +1,10 @@
 """A value set once, in the reactor thread, and read by any number of waiting threads.
 
 A session's terminal outcome. `concurrent.futures.Future` would do, but its `result()`
-runs a `Condition` in Python (a fresh lock per wait, an `RLock` round on each side) on the
-path of every `wait()`; here a waiting thread blocks in one `Lock.acquire`, in C, and the
-setter's `release` is all it takes to wake it. asyncio gets a `Future` only when it asks.
+runs a `Condition` in Python (an `RLock` round on each side, a waiter list, notify) on the
+path of every `wait()`; here a waiting thread blocks in its own `Lock.acquire`, in C, and
+the setter's `release` of it is all it takes to wake it. asyncio gets a `Future` only when
+it asks.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ T = TypeVar("T")
 class Settled(Generic[T]):
     """Set once with `set`; `wait` blocks until then."""
 
-    __slots__ = ("_done", "_futures", "_gate", "_lock", "_value")
+    __slots__ = ("_done", "_futures", "_lock", "_value", "_waiters")
 
     def __init__(self) -> None:
-        # Held until `set`: every waiter acquires it and at once releases it for the next.
-        self._gate = threading.Lock()
-        self._gate.acquire()
         self._lock = threading.Lock()
         self._value: T | None = None
         self._done = False
+        # One held lock per blocked thread, released by `set`. Not one lock passed from
+        # waiter to waiter: a thread interrupted (KeyboardInterrupt) between taking and
+        # passing it on would leave the others blocked for ever.
+        self._waiters: list[threading.Lock] = []
         self._futures: list[concurrent.futures.Future[T]] = []
 
     def set(self, value: T) -> None:
@@ -36,20 +38,35 @@ class Settled(Generic[T]):
                 return
             self._value = value
             self._done = True
+            waiters, self._waiters = self._waiters, []
             futures, self._futures = self._futures, []
-        self._gate.release()
+        for waiter in waiters:
+            waiter.release()
         for future in futures:
             if future.set_running_or_notify_cancel():  # False: its waiter gave up on it
                 future.set_result(value)
 
     def wait(self, timeout: float | None = None) -> T:
         """The value; raises `TimeoutError` if `timeout` seconds pass first."""
-        if not self._done:
+        waiter = threading.Lock()
+        waiter.acquire()
+        with self._lock:
+            if self._done:
+                return self._value  # type: ignore[return-value]
+            self._waiters.append(waiter)
+        try:
             wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
-            if not self._gate.acquire(timeout=wait):
+            if not waiter.acquire(timeout=wait):
                 raise TimeoutError
-            self._gate.release()
+        finally:
+            if not self._done:  # timed out or interrupted: stop being woken
+                self._forget(waiter)
         return self._value  # type: ignore[return-value]
+
+    def _forget(self, waiter: threading.Lock) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def future(self) -> concurrent.futures.Future[T]:
         """A `concurrent.futures.Future` of its own for one waiter (`asyncio.wrap_future`).

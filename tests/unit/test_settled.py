@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import signal
 import threading
 import time
 import weakref
@@ -103,3 +104,26 @@ def test_futures_given_up_on_are_not_kept() -> None:
     assert all(ref() is None for ref in refs)
     cell.set(3)
     assert kept.result(timeout=0) == 3
+
+
+def test_an_interrupted_waiter_leaves_the_others_to_their_value() -> None:
+    cell: Settled[int] = Settled()
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(cell.wait(timeout=10)))
+    other.start()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            cell.wait(timeout=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    cell.set(5)
+    other.join(10)
+    assert seen == [5]
+    assert cell.wait() == 5  # the interrupted thread can wait again
