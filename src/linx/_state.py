@@ -33,6 +33,7 @@ class Stage(enum.StrEnum):
     ERRORED = "errored"
 
 
+TERMINAL_STAGES = frozenset({Stage.EXITED, Stage.SIGNALED, Stage.ABORTED, Stage.ERRORED})
 PROTOCOL_STAGE = "protocol"  # our own stage: the agent broke the wire contract
 
 
@@ -83,8 +84,6 @@ class SessionState:
         self.child_pid: int | None = None
         self.agent_pid: int | None = None
         self.result: Outcome | ProcessError | None = None
-        # Set with the terminal stage, once: a plain attribute, read on every frame.
-        self.terminal = False
         self._session = session
         self._proceeded = False
         self._abort_sent = False
@@ -93,6 +92,10 @@ class SessionState:
         self._agent_status: int | None = None
 
     # --- queries ---------------------------------------------------------------------
+
+    @property
+    def terminal(self) -> bool:
+        return self.stage in TERMINAL_STAGES
 
     def info(self) -> Info:
         return Info(self.mode, self.stage, self.host_pid, self.child_pid, self.pty, self.result)
@@ -203,13 +206,11 @@ class SessionState:
     def _fail(self, stage: str, code: int | None) -> list[Event]:
         error = ProcessError(stage, code)
         self.stage = Stage.ERRORED
-        self.terminal = True
         self.result = error
         return [Failed(error, session=self._session())]
 
     def _finish(self, stage: Stage, outcome: Outcome) -> list[Event]:
         self.stage = stage
-        self.terminal = True
         self.result = outcome
         return [outcome]
 
