@@ -63,7 +63,7 @@ class Runtime:
         self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()  # closed after a fork
         # One agent asked for ahead of need: a spawn that takes it sends its request straight
         # to the agent, and the launcher's wake-up and fork happen off the spawn path
-        # (docs/performance.md). Asked for again while the previous spawn's workload runs.
+        # (docs/performance.md). Asked for again when that spawn's first frames arrive.
         self._spare: Agent | None = None
 
     def send(self, plan: SpawnPlan) -> Sent:
