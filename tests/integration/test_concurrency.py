@@ -131,7 +131,8 @@ def _forked_spare_agent() -> tuple[Launcher, int]:
         return _launcher_children(launcher.pid) - before - {used}
 
     assert wait_until(lambda: len(new_agents()) == 1, 10)
-    assert runtime._spare is not None
+    # The launcher may fork it before the reactor, back from asking, records the spare.
+    assert wait_until(lambda: runtime._spare is not None, 10)
     (agent,) = new_agents()
     return launcher, agent
 
