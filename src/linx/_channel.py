@@ -73,7 +73,8 @@ class Channel:
         # Called once Python needs no more word of the agent (terminal, or released by
         # us); the runtime drops its entry then. Idempotent.
         self.on_terminal: Callable[[], None] = lambda: None
-        # Called once, in the reactor thread, when the agent's first frame arrives.
+        # Called once, in the reactor thread, when the agent's first frame arrives; it must
+        # not block or do more than schedule its work (the outcome may be in the same read).
         self.on_started: Callable[[], None] | None = None
         self.outcome: Settled[Result] = Settled()
 
@@ -254,14 +255,12 @@ class Channel:
         # round and one delivery run, as if they had come in one frame.
         self._emit(lambda state: [event for m in messages for event in state.receive(m)])
         if self.on_started is not None:
-            # After this round of the loop: when the batch is the last one too, the thread
-            # waiting for the outcome must not wait for the GIL while the refill runs.
-            self._reactor.call_next(self.on_started)
+            self.on_started()  # schedules its work after this loop round
             self.on_started = None
         if self.state.terminal:
             # The agent sends nothing after its terminal frame and exits: no need to wait
             # for the EOF (one reactor wake-up less per session). After this round of the
-            # loop, like on_started.
+            # loop.
             self._reactor.call_next(self._close_socket)
 
     def _on_eof(self) -> None:

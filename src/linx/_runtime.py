@@ -21,6 +21,10 @@ from ._launcher import Launcher, LauncherBusy, LauncherGone
 from ._options import SpawnPlan
 from ._reactor import Reactor
 
+# How long a spawn that finds no spare waits for the reactor's refill in progress (seconds);
+# it takes well under a millisecond.
+REFILL_WAIT = 0.005
+
 
 class Agent(NamedTuple):
     """An agent asked of a launcher, and the Python end of its session socket."""
@@ -65,6 +69,11 @@ class Runtime:
         # to the agent, and the launcher's wake-up and fork happen off the spawn path
         # (docs/performance.md). Asked for again when that spawn's first frames arrive.
         self._spare: Agent | None = None
+        # A refill asked of the reactor and not done yet. A spawn that finds no spare waits
+        # for it (briefly, with the GIL released so that the reactor can run it) rather
+        # than ask the launcher itself: that would put a fork on its own path.
+        self._refilling = False
+        self._refilled = threading.Condition(self._lock)
 
     def send(self, plan: SpawnPlan) -> Sent:
         """Send `plan`'s request to an agent; closes `plan`'s fds once they are sent.
@@ -100,7 +109,7 @@ class Runtime:
             # An agent that ends cleanly after its terminal frame is not reported by the
             # launcher (protocol.md): the terminal frame is where the entry goes.
             channel.on_terminal = lambda: self._forget(agent.token)
-            channel.on_started = self._refill_spare
+            channel.on_started = self._refill_soon
             channel.launcher = agent.launcher
             channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
         except BaseException:
@@ -146,6 +155,8 @@ class Runtime:
         """The spare agent, if any, in the agent table under `entry`: taken and entered
         under one lock, so no word of the launcher on it falls in between."""
         with self._lock:
+            if self._spare is None and self._refilling and not self.reactor.in_reactor_thread():
+                self._refilled.wait_for(lambda: not self._refilling, REFILL_WAIT)
             spare, self._spare = self._spare, None
             if spare is not None:
                 entry.launcher = spare.launcher
@@ -157,18 +168,30 @@ class Runtime:
             return None
         return spare
 
+    def _refill_soon(self) -> None:
+        """Ask for the next spare after this loop round (reactor thread)."""
+        with self._lock:
+            self._refilling = True
+        self.reactor.call_next(self._refill_spare)
+
     def _refill_spare(self) -> None:
         """Ask for the next spare agent. Reactor thread only, so never two at once."""
-        with self._lock:
-            launcher = self._launcher
-            if self._spare is not None or launcher is None or not launcher.alive:
-                return  # without a launcher, the next spawn starts one: never the reactor
+        spare = None
         try:
-            spare = self._new_agent(launcher)
-        except (OSError, LauncherBusy, LauncherGone):
-            return  # the next spawn asks for its agent itself
-        with self._lock:
-            self._spare = spare
+            with self._lock:
+                launcher = self._launcher
+                if self._spare is not None or launcher is None or not launcher.alive:
+                    return  # without a launcher, the next spawn starts one: never the reactor
+            try:
+                spare = self._new_agent(launcher)
+            except (OSError, LauncherBusy, LauncherGone):
+                return  # the next spawn asks for its agent itself
+        finally:
+            with self._lock:
+                if spare is not None:
+                    self._spare = spare
+                self._refilling = False
+                self._refilled.notify_all()
 
     def _request_agent(self, token: int, fd: int) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.

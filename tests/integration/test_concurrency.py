@@ -147,6 +147,28 @@ def test_a_spawn_takes_the_spare_agent_so_it_does_not_wait_for_the_launcher() ->
         os.kill(launcher.pid, signal.SIGCONT)
 
 
+def test_a_spawn_right_after_an_outcome_takes_the_spare_being_refilled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The refill runs in the reactor right after the outcome, while the caller already
+    # starts its next spawn: that spawn waits for it instead of asking the launcher itself.
+    runtime = get_runtime()
+    took: list[bool] = []
+    take_spare = runtime._take_spare
+
+    def recording(entry: _Unattached) -> Agent | None:
+        spare = take_spare(entry)
+        took.append(spare is not None)
+        return spare
+
+    monkeypatch.setattr(runtime, "_take_spare", recording)
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    for _ in range(100):
+        assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
+    misses = took[1:].count(False)
+    assert misses <= 3, f"{misses} of 100 spawns found no spare"  # without the wait: ~25
+
+
 def test_a_spare_agent_that_dies_waiting_is_replaced_not_handed_to_a_spawn() -> None:
     _, spare_agent = _forked_spare_agent()
     runtime = get_runtime()
