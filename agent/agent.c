@@ -44,7 +44,6 @@ struct session {
 	size_t rep_len;
 	int abort_pending;
 	int released_early;	/* auto_proceed: released at clone, never parked */
-	int start_held;		/* the start frames were held once for a quick exit */
 	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
 	size_t nsigs, sigcap;
 	uint8_t outbox[2 * WIRE_OUT_MAX];	/* frames not yet written to Python */
@@ -552,33 +551,9 @@ static int holding(const struct session *s)
 	return s->phase == PH_STARTING || (s->phase == PH_RELEASED && s->released_early);
 }
 
-/* An auto_proceed child's start frames (SPAWNED to RUNNING) wait this long after its exec
- * for its exit: a short workload then reaches Python in one write, one wake-up of its
- * reactor instead of two, and the next spare's fork stays out of the workload's way
- * (docs/performance.md). Only once, and any word from Python ends it. */
-#define START_HOLD_MS 1
-
-/* Test hook: LINX_AGENT_START_HOLD_MS overrides START_HOLD_MS (0 turns the hold off). */
-static int start_hold_ms(void)
-{
-	const char *v = getenv("LINX_AGENT_START_HOLD_MS");
-	if (!v)
-		return START_HOLD_MS;
-	char *end;
-	long ms = strtol(v, &end, 10);
-	return *v && !*end && ms >= 0 && ms <= 60000 ? (int)ms : START_HOLD_MS;
-}
-
-static int holding_start(const struct session *s, int hold_ms)
-{
-	return hold_ms > 0 && s->phase == PH_RUNNING && s->released_early && s->out_len &&
-	       !s->start_held;
-}
-
 int agent_main(int ctl_fd)
 {
 	struct session s;
-	int hold_ms = start_hold_ms();
 
 	memset(&s, 0, sizeof(s));
 	chan_init(&s.ch, ctl_fd);
@@ -587,8 +562,7 @@ int agent_main(int ctl_fd)
 	signal(SIGPIPE, SIG_IGN);
 
 	while (!s.done) {
-		int hold_start = holding_start(&s, hold_ms);
-		if (!holding(&s) && !hold_start)
+		if (!holding(&s))
 			flush(&s);
 		if (s.peer_gone) {
 			orphan(&s);
@@ -606,16 +580,12 @@ int agent_main(int ctl_fd)
 			ipid = n;
 			p[n++] = (struct pollfd){ .fd = s.child.pidfd, .events = POLLIN };
 		}
-		int ready = poll(p, (nfds_t)n, hold_start ? hold_ms : -1);
-		if (ready < 0) {
+		if (poll(p, (nfds_t)n, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			fail(&s, "poll", errno);
 			break;
 		}
-		s.start_held |= hold_start;
-		if (ready == 0)
-			continue;	/* the hold is over: flush */
 		/* report pipe before the exit: it closes before the child is a zombie */
 		if (irep >= 0 && p[irep].revents)
 			on_report(&s);

@@ -1,6 +1,6 @@
 """The floor of linx's architecture for `/bin/true`, against `subprocess` and linx itself.
 
-    python bench/floor.py [--rounds N]
+    python bench/floor.py [--rounds N] [--block B]
 
 Two stripped-down drivers of the real launcher and agent, with none of linx's own Python
 work: the request is encoded once, and each spawn takes a spare agent, sends the request,
@@ -10,7 +10,7 @@ reads frames until `EXITED` and asks the launcher for the next spare.
 - `one hop`: an epoll loop in a second thread reads it and releases a lock the calling
   thread waits on, as SPEC §2's one reactor thread must; nothing else of linx runs.
 
-Each round runs all four cases once, in turn. What `one hop` costs over `subprocess` is
+The four cases take turns in blocks, as in bench/spawn.py. What `one hop` costs over `subprocess` is
 what any implementation of the fixed architecture pays before checking an option or making
 a session. Uses linx's private modules; run by hand, never a test.
 """
@@ -117,6 +117,7 @@ def linx_true() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--block", type=int, default=20, help="spawns per turn (1: alternate)")
     args = parser.parse_args()
     spares = Spares()
     cases = [
@@ -129,11 +130,14 @@ def main() -> None:
     for _, fn in cases:
         for _ in range(20):
             fn()
-    for _ in range(args.rounds):
+    # In turns of `block` spawns, each turn's first not counted: see bench/spawn.py.
+    for _ in range(max(1, args.rounds // max(1, args.block - 1))):
         for name, fn in cases:
-            start = time.perf_counter_ns()
-            fn()
-            samples[name].append((time.perf_counter_ns() - start) / 1000)
+            for i in range(args.block):
+                start = time.perf_counter_ns()
+                fn()
+                if i or args.block == 1:
+                    samples[name].append((time.perf_counter_ns() - start) / 1000)
     base = statistics.median(samples[cases[0][0]])
     print(f"{'case':<46} {'median µs':>10} {'/ Popen':>8}")
     for name, values in samples.items():
