@@ -18,7 +18,7 @@ CHILD_CODE int write_all(int fd, const void *buf, size_t len)
 	while (len > 0) {
 		ssize_t n = write(fd, p, len);
 		if (n < 0 && errno == EAGAIN) {
-			/* a non-blocking fd (Python's end of a socket shares our file description) */
+			/* a non-blocking fd: the vfork path's report pipe is one (spawn.c) */
 			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
 			if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
 				return errno;

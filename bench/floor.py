@@ -25,8 +25,9 @@ import socket
 import statistics
 import subprocess
 import threading
-import time
 from collections.abc import Callable
+
+from spawn import measure  # bench/ is this script's directory, so on sys.path
 
 import linx
 from linx import _options, _runtime, _wire
@@ -126,18 +127,7 @@ def main() -> None:
         ("one hop: a reader thread, then the caller", one_hop(spares)),
         ("linx.spawn(/bin/true, auto_proceed).wait()", linx_true),
     ]
-    samples: dict[str, list[float]] = {name: [] for name, _ in cases}
-    for _, fn in cases:
-        for _ in range(20):
-            fn()
-    # In turns of `block` spawns, each turn's first not counted: see bench/spawn.py.
-    for _ in range(max(1, args.rounds // max(1, args.block - 1))):
-        for name, fn in cases:
-            for i in range(args.block):
-                start = time.perf_counter_ns()
-                fn()
-                if i or args.block == 1:
-                    samples[name].append((time.perf_counter_ns() - start) / 1000)
+    samples = measure(cases, args.rounds, args.block)  # blocks: see bench/spawn.py
     base = statistics.median(samples[cases[0][0]])
     print(f"{'case':<46} {'median µs':>10} {'/ Popen':>8}")
     for name, values in samples.items():

@@ -91,7 +91,7 @@ class Runtime:
         try:
             rest, fds = _send_first(agent.sock, request, plan.fds)
         except BaseException:
-            self.abandon(Sent(agent, entry, memoryview(b""), [], plan))
+            self.abandon(agent, plan)
             raise
         if not fds:
             plan.close_fds()
@@ -113,16 +113,16 @@ class Runtime:
             channel.launcher = agent.launcher
             channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
         except BaseException:
-            self.abandon(sent)
+            self.abandon(agent, sent.plan)
             raise
         if told is not None:
             self.reactor.call_soon(lambda: told(channel))
 
-    def abandon(self, sent: Sent) -> None:
-        """Give up a sent request: the agent sees EOF and applies its orphan policy."""
-        self._forget(sent.agent.token)
-        sent.agent.sock.close()
-        sent.plan.close_fds()
+    def abandon(self, agent: Agent, plan: SpawnPlan) -> None:
+        """Give up a request sent to `agent`: it sees EOF and applies its orphan policy."""
+        self._forget(agent.token)
+        agent.sock.close()
+        plan.close_fds()
 
     def _new_agent(
         self, launcher: Launcher | None = None, entry: _Unattached | None = None

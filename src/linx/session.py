@@ -72,7 +72,7 @@ class Session:
             )
             session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
         except BaseException:
-            runtime.abandon(sent)
+            runtime.abandon(sent.agent, plan)
             raise
         runtime.attach(session._channel, sent)
         return session
