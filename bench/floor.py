@@ -10,9 +10,12 @@ reads frames until `EXITED` and asks the launcher for the next spare.
 - `one hop`: an epoll loop in a second thread reads it and releases a lock the calling
   thread waits on, as SPEC §2's one reactor thread must; nothing else of linx runs.
 
-The four cases take turns in blocks, as in bench/spawn.py. What `one hop` costs over `subprocess` is
-what any implementation of the fixed architecture pays before checking an option or making
-a session. Uses linx's private modules; run by hand, never a test.
+The four cases take turns in blocks, as in bench/spawn.py. What `one hop` costs over
+`subprocess` is what any implementation of the fixed architecture pays before checking an
+option or making a session. A second pass runs each case `--cpu-rounds` times in a row and
+reports the CPU time the whole machine spent a spawn (`/proc/stat`, all processes and the
+kernel): on two vCPUs, CPU that the agent's fork and exit add is never quite off the path.
+Uses linx's private modules; run by hand, never a test.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import argparse
 import array
 import itertools
+import os
 import select
 import socket
 import statistics
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
 from spawn import measure  # bench/ is this script's directory, so on sys.path
@@ -115,10 +120,29 @@ def linx_true() -> None:
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait() == linx.Exited(0)
 
 
+def machine_busy_seconds() -> float:
+    """CPU time spent by every CPU outside idle and iowait since boot (`/proc/stat`)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(v) for v in stat.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_spawn(fn: Callable[[], None], rounds: int) -> tuple[float, float]:
+    """(machine CPU µs a spawn, vCPUs busy on average) over `rounds` spawns in a row."""
+    for _ in range(20):
+        fn()
+    busy, start = machine_busy_seconds(), time.perf_counter()
+    for _ in range(rounds):
+        fn()
+    wall, busy = time.perf_counter() - start, machine_busy_seconds() - busy
+    return busy / rounds * 1e6, busy / wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--block", type=int, default=20, help="spawns per turn (1: alternate)")
+    parser.add_argument("--cpu-rounds", type=int, default=2000, help="0: skip the CPU pass")
     args = parser.parse_args()
     spares = Spares()
     cases = [
@@ -133,6 +157,11 @@ def main() -> None:
     for name, values in samples.items():
         median = statistics.median(values)
         print(f"{name:<46} {median:>10.0f} {median / base:>8.2f}")
+    if args.cpu_rounds:
+        print(f"\n{'case':<46} {'CPU µs':>10} {'vCPUs':>8}")
+        for name, fn in cases:
+            cpu, vcpus = cpu_per_spawn(fn, args.cpu_rounds)
+            print(f"{name:<46} {cpu:>10.0f} {vcpus:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from . import _wire
 from ._reactor import Reactor
@@ -40,13 +39,13 @@ class LauncherBusy(Exception):
 def agent_path() -> str:
     """The `linx-agent` program: `$LINX_AGENT`, or the one installed in the package."""
     override = os.environ.get(AGENT_ENV)
-    path = Path(override) if override else Path(__file__).parent / "_bin" / "linx-agent"
+    path = override or os.path.join(os.path.dirname(__file__), "_bin", "linx-agent")
     if not os.access(path, os.X_OK):
         raise RuntimeError(
-            f"linx: the agent program {str(path)!r} is missing or not executable; "
+            f"linx: the agent program {path!r} is missing or not executable; "
             "reinstall linx (`pip install .`) on a machine with a C compiler"
         )
-    return str(path)
+    return path
 
 
 class Launcher:

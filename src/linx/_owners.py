@@ -7,12 +7,15 @@ logged, never allowed to stop the reactor.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .events import Event
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("linx")
 
@@ -21,7 +24,10 @@ Deliver = Callable[[Event], None]
 
 def make_deliver(owner: Any) -> Deliver:
     """A function that hands one event to `owner`. Call it where the owner's loop runs."""
-    if isinstance(owner, asyncio.Queue):
+    # asyncio is not imported for this check: a program that has not imported it has no
+    # asyncio.Queue, and importing it costs a third of `import linx` (docs/performance.md).
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(owner, asyncio.Queue):
         return _asyncio_queue_deliver(owner)
     put = getattr(owner, "put", None)
     if callable(put):
@@ -32,6 +38,8 @@ def make_deliver(owner: Any) -> Deliver:
 
 
 def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
+    import asyncio
+
     loop = getattr(queue, "_loop", None)
     if loop is None:
         try:

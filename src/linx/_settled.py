@@ -9,9 +9,11 @@ it asks.
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import concurrent.futures
 
 T = TypeVar("T")
 
@@ -73,6 +75,8 @@ class Settled(Generic[T]):
 
         Its waiter may cancel it (a timed-out `wait_for` does); that touches no one else's.
         """
+        import concurrent.futures  # only asyncio waiters need it: not at `import linx`
+
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._lock:
             if not self._done:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -168,3 +170,24 @@ def test_a_dropped_aio_session_is_collected_and_its_workload_ends() -> None:
     collected, pid = asyncio.run(scenario())
     assert collected
     assert wait_until(lambda: not pid_alive(pid), 10)
+
+
+def test_asyncio_queue_owner_works_when_asyncio_is_imported_after_linx() -> None:
+    # linx looks asyncio up in sys.modules rather than import it: a program importing it
+    # after linx must still get its queue fed on its loop, not taken for a `put` owner.
+    program = """
+import linx, asyncio
+async def main():
+    queue = asyncio.Queue()
+    s = linx.spawn(["/bin/true"], owner=queue, auto_proceed=True)
+    kinds = []
+    while not kinds or kinds[-1] != "Exited":
+        kinds.append(type(await asyncio.wait_for(queue.get(), 10)).__name__)
+    s.wait(10)
+    print(" ".join(kinds))
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["Ready", "Running", "Exited"]
