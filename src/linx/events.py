@@ -1,13 +1,15 @@
 """Lifecycle events delivered to a session's owner; the terminal ones double as `wait()` results.
 
 Events are immutable values. `session` is excluded from equality so that
-`session.wait() == linx.Exited(0)` reads naturally.
+`session.wait() == linx.Exited(0)` reads naturally, and an event holds its session weakly:
+`event.session` is `None` once the session object is gone.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .errors import ProcessError
 
@@ -29,11 +31,38 @@ __all__ = [
 ]
 
 
+class _WeakSession:
+    """`Event.session`, kept as a weak reference.
+
+    A session owns its default queue, and the events in it name the session. Held
+    strongly, a session dropped with events still queued would live on in a reference
+    cycle until the garbage collector ran (an idle program may never run it), and only
+    then would its workload get its orphan policy. So an event never keeps its session
+    alive, whoever holds the event.
+    """
+
+    def __get__(self, event: Event | None, owner: type | None = None) -> Any:
+        if event is None:
+            return None  # the class attribute
+        ref = event.__dict__["_session_ref"]
+        return None if ref is None else ref()
+
+    def __set__(self, event: Event, session: Any) -> None:
+        # Called once, by the dataclass's __init__ (object.__setattr__ honours a data
+        # descriptor, frozen or not); `self` is what it passes when no session was given.
+        weak = None if session is None or session is self else weakref.ref(session)
+        event.__dict__["_session_ref"] = weak
+
+
+_SESSION: Any = _WeakSession()  # typed Any: a descriptor as a field's default
+
+
 @dataclass(frozen=True)
 class Event:
-    """Base of every event. `session` is the `Session` it belongs to (keyword-only)."""
+    """Base of every event. `session` is the `Session` it belongs to (keyword-only), or
+    `None` once that session object has been dropped: an event does not keep it alive."""
 
-    session: Session | None = field(default=None, compare=False, repr=False, kw_only=True)
+    session: Session | None = field(default=_SESSION, compare=False, repr=False, kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,10 @@ class Session:
         self._events_lock = threading.Lock()
         self._owner: Any = _UNMADE
         self._channel: Channel
-        self._own_deliver: Deliver
+        # The default owner's delivery when the caller brought its own kind (`linx.aio`);
+        # None for the built-in queue, reached through `_put_default`. Never that bound
+        # method itself: stored here it would be a reference cycle (see `_deliver_through`).
+        self._own_deliver: Deliver | None = None
 
     @classmethod
     def _start(
@@ -89,7 +92,6 @@ class Session:
             self._adopt_owner(default_owner)
         else:
             self._early = collections.deque()
-            self._own_deliver = self._put_default
         return _deliver_through(weakref.ref(self))
 
     def _adopt_owner(self, owner: Any) -> None:
@@ -247,12 +249,22 @@ _UNMADE = object()  # `Session._owner` while the default queue is not made yet
 
 
 def _deliver_through(ref: weakref.ref[Session]) -> Deliver:
-    """Delivery to a session's default owner that does not keep the session alive."""
+    """Delivery to a session's default owner that does not keep the session alive.
+
+    Nothing a session holds may lead back to it (events hold theirs weakly): a session
+    dropped by its caller must be freed at once, by reference counting, for its workload
+    to get the orphan policy; a cycle would wait for the garbage collector.
+    """
 
     def deliver(event: Event) -> None:
         session = ref()
-        if session is not None:
-            session._own_deliver(event)
+        if session is None:
+            return
+        own = session._own_deliver
+        if own is None:
+            session._put_default(event)
+        else:
+            own(event)
 
     return deliver
 

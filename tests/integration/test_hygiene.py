@@ -7,11 +7,13 @@ session, so the reactor thread and the launcher already exist.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -382,16 +384,31 @@ def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected()
         running.close()
 
 
-def test_dropped_session_kills_its_running_workload() -> None:
-    session = linx.spawn(["/bin/sleep", "60"], auto_proceed=True)
-    expect(session, linx.Ready)
-    expect(session, linx.Running)
+def _has_stage(session: linx.Session, stage: linx.Stage) -> bool:
+    return session.info().stage == stage
+
+
+@pytest.mark.parametrize("read_events", [True, False], ids=["events-read", "events-unread"])
+@pytest.mark.usefixtures("no_gc")
+def test_dropped_session_kills_its_running_workload_without_the_garbage_collector(
+    read_events: bool,
+) -> None:
+    # Nothing a session holds leads back to it (its queued events hold it weakly), so
+    # `del` alone frees it and its workload gets the orphan policy at once; a reference
+    # cycle would wait for a collection, which an idle program may never run.
+    session = linx.spawn(["/bin/sleep", "60"], auto_proceed=True, orphan_policy=("kill", 1.0))
+    if read_events:
+        expect(session, linx.Ready)
+        expect(session, linx.Running)
+    else:  # both stay queued in the session's own queue
+        assert wait_until(functools.partial(_has_stage, session, linx.Stage.RUNNING))
     host_pid = session.host_pid
     assert host_pid is not None
+    ref = weakref.ref(session)
     try:
         assert pid_alive(host_pid)
-        del session  # the events held a reference too; they are gone with the queue
-        gc.collect()
+        del session
+        assert ref() is None, "a dropped session outlived its last reference"
         assert wait_until(lambda: not pid_alive(host_pid), timeout=5), (
             "a dropped session's workload is still running"
         )
@@ -400,9 +417,8 @@ def test_dropped_session_kills_its_running_workload() -> None:
             os.kill(host_pid, signal.SIGKILL)
 
 
+@pytest.mark.usefixtures("no_gc")
 def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
-    import gc
-
     from linx._runtime import get_runtime
 
     runtime = get_runtime()
@@ -417,10 +433,7 @@ def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
         del dropped
         closed = linx.spawn(["/bin/sleep", "30"])
         closed.close()
-    # gc inside the poll: an event in flight may hold a session through one collection.
-    assert wait_until(lambda: gc.collect() >= 0 and len(runtime._agents) == before, 10), (
-        runtime._agents
-    )
+    assert wait_until(lambda: len(runtime._agents) == before, 10), runtime._agents
     assert wait_until(lambda: not any(pid_alive(p) for p in hosts if p is not None), 10)
 
 
