@@ -50,11 +50,13 @@ class Settled(Generic[T]):
 
     def wait(self, timeout: float | None = None) -> T:
         """The value; raises `TimeoutError` if `timeout` seconds pass first."""
+        if self._done:  # set after `_value`, so a reader that sees it sees the value
+            return self._value  # type: ignore[return-value]
         waiter = threading.Lock()
         waiter.acquire()
         with self._lock:
             if self._done:
-                return self._value  # type: ignore[return-value]
+                return self._value
             self._waiters.append(waiter)
         try:
             wait = -1 if timeout is None else min(max(timeout, 0.0), threading.TIMEOUT_MAX)
