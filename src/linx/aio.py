@@ -32,8 +32,8 @@ class Session:
     events: asyncio.Queue[Event] | None
     """The default owner (an `asyncio.Queue`) when no `owner` was given, else `None`."""
 
-    def __init__(self, core: _sync.Session, events: asyncio.Queue[Event] | None) -> None:
-        self._core = core
+    def __init__(self, events: asyncio.Queue[Event] | None) -> None:
+        self._core: _sync.Session  # set by `spawn` once the spawn has started
         self.events = events
 
     @property
@@ -102,4 +102,7 @@ async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: An
     """As `linx.spawn()`, with an `asyncio.Queue` fed on this loop as the default owner."""
     plan = _options.plan_spawn(argv, owner=owner, **options)
     events: asyncio.Queue[Event] | None = asyncio.Queue() if owner is None else None
-    return Session(_sync._start_plan(plan, owner, default_owner=events), events)
+    # Made first, so that every event names it (weakly: it is in no reference cycle).
+    session = Session(events)
+    session._core = _sync._start_plan(plan, owner, default_owner=events, named=session)
+    return session

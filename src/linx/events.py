@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from .errors import ProcessError
 
 if TYPE_CHECKING:
+    from . import aio
     from .session import Session
 
 __all__ = [
@@ -59,10 +60,13 @@ _SESSION: Any = _WeakSession()  # typed Any: a descriptor as a field's default
 
 @dataclass(frozen=True)
 class Event:
-    """Base of every event. `session` is the `Session` it belongs to (keyword-only), or
-    `None` once that session object has been dropped: an event does not keep it alive."""
+    """Base of every event. `session` is the `Session` it belongs to (a `linx.aio.Session`
+    for one made by `linx.aio.spawn`; keyword-only), or `None` once that session object has
+    been dropped: an event does not keep it alive."""
 
-    session: Session | None = field(default=_SESSION, compare=False, repr=False, kw_only=True)
+    session: Session | aio.Session | None = field(
+        default=_SESSION, compare=False, repr=False, kw_only=True
+    )
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,18 @@ class Session:
 
     @classmethod
     def _start(
-        cls, plan: _options.SpawnPlan, owner: Any, *, default_owner: Any = None, pty: bool = False
+        cls,
+        plan: _options.SpawnPlan,
+        owner: Any,
+        *,
+        default_owner: Any = None,
+        named: Any = None,
+        pty: bool = False,
     ) -> Session:
         """Start a validated spawn. Without `owner`, events go to `default_owner` (a fresh
-        `queue.Queue` unless the caller brings its own kind, as `linx.aio` does)."""
+        `queue.Queue` unless the caller brings its own kind, as `linx.aio` does). Events
+        name `named` (held weakly), or else the new session: `linx.aio` passes its own
+        handle, made before the spawn so that even the first event names it."""
         session = cls(_token=_PRIVATE)
         deliver = session._take_owner(owner, default_owner)  # may refuse it: before any process
         runtime = get_runtime()
@@ -71,7 +79,10 @@ class Session:
         # From here the agent clones while the rest of the session is made.
         try:
             state = SessionState(
-                mode="spawn", auto_proceed=plan.auto_proceed, pty=pty, session=weakref.ref(session)
+                mode="spawn",
+                auto_proceed=plan.auto_proceed,
+                pty=pty,
+                session=weakref.ref(session if named is None else named),
             )
             session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
         except BaseException:
@@ -329,10 +340,12 @@ def spawn(
     return _start_plan(plan, owner)
 
 
-def _start_plan(plan: _options.SpawnPlan, owner: Any, default_owner: Any = None) -> Session:
+def _start_plan(
+    plan: _options.SpawnPlan, owner: Any, default_owner: Any = None, named: Any = None
+) -> Session:
     """`Session._start`, releasing the plan's fds if it fails (shared with `linx.aio`)."""
     try:
-        return Session._start(plan, owner, default_owner=default_owner)
+        return Session._start(plan, owner, default_owner=default_owner, named=named)
     except BaseException:
         plan.close_fds()
         raise

@@ -43,6 +43,22 @@ def test_aio_spawn_delivers_ready_running_exited_in_order_on_an_asyncio_queue() 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("own_queue", [False, True], ids=["default-owner", "given-owner"])
+def test_aio_events_name_the_aio_session_from_the_first_one(own_queue: bool) -> None:
+    async def main() -> None:
+        given: asyncio.Queue[linx.Event] | None = asyncio.Queue() if own_queue else None
+        async with await linx.aio.spawn(["/bin/true"], auto_proceed=True, owner=given) as s:
+            queue = given or s.events
+            assert queue is not None
+            events = [await _next(queue) for _ in range(3)]
+            assert [type(e) for e in events] == [linx.Ready, linx.Running, linx.Exited]
+            assert all(e.session is s for e in events), [e.session for e in events]
+            outcome = await s.wait()
+            assert outcome.session is s
+
+    asyncio.run(main())
+
+
 def test_aio_wait_returns_the_outcome_and_raises_process_error_for_pre_exec_failure() -> None:
     async def main() -> None:
         async with await linx.aio.spawn(["/bin/true"], auto_proceed=True) as session:
