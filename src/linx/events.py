@@ -45,7 +45,7 @@ class _WeakSession:
     def __get__(self, event: Event | None, owner: type | None = None) -> Any:
         if event is None:
             return None  # the class attribute
-        ref = event.__dict__["_session_ref"]
+        ref = event.__dict__.get("_session_ref")  # absent: made without __init__
         return None if ref is None else ref()
 
     def __set__(self, event: Event, session: Any) -> None:
