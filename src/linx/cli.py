@@ -1,9 +1,10 @@
 """`linx run`: run one command in fresh namespaces from the shell.
 
 The command line is a thin layer over `linx.spawn`: it parses, spawns with `auto_proceed`,
-forwards SIGTERM/SIGHUP to the workload, and exits with the workload's status (128+n for a
-signal, 125 for a failure before the workload ran). It never handles the workload's stdio:
-the workload inherits this terminal.
+forwards SIGTERM/SIGHUP to the workload (and SIGKILLs it if it is still there
+`STOP_GRACE` seconds later), and exits with the workload's status (128+n for a signal, 125
+for a failure before the workload ran). It never handles the workload's stdio: the
+workload inherits this terminal.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +24,9 @@ from .events import Aborted, Event, Exited, Failed, Signaled
 from .session import spawn
 
 EXIT_SETUP_FAILED = 125
+# Seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the grace of
+# the default orphan policy, so that `kill` on linx ends the workload as `kill -9` would.
+STOP_GRACE = 5.0
 
 RUN_EPILOG = """\
 examples:
@@ -33,6 +38,11 @@ examples:
 --map-root maps your uid and gid to root inside a user namespace (it adds "user").
 The exit status is the workload's, 128+N if signal N killed it, and 125 if it never ran
 (the failing stage and errno are printed on stderr).
+
+Signals: Ctrl-C reaches the workload from the terminal. SIGTERM or SIGHUP sent to linx
+is passed on, and a workload still running 5 s later is killed (SIGKILL). With "pid" the
+workload is its namespace's init, and the kernel drops every signal it has no handler
+for: Ctrl-C does nothing to a plain `sleep`, while `kill` on linx ends it after the 5 s.
 """
 
 
@@ -131,12 +141,14 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"linx run: {exc}") from None
     with session:
-        _forward_signals(session)
+        escalation = _forward_signals(session)
         try:
             outcome = session.wait()
         except ProcessError as exc:
             print(f"linx: {exc.describe()}", file=sys.stderr)
             return EXIT_SETUP_FAILED
+        finally:
+            escalation.cancel()
     return _exit_status(outcome)
 
 
@@ -150,19 +162,30 @@ def _exit_status(outcome: Event) -> int:
     raise AssertionError(outcome)
 
 
-def _forward_signals(session: Any) -> None:
-    """SIGTERM/SIGHUP go on to the workload; the terminal sends SIGINT/SIGQUIT to it itself."""
+def _forward_signals(session: Any) -> threading.Timer:
+    """SIGTERM/SIGHUP go on to the workload, and a SIGKILL `STOP_GRACE` seconds after the
+    first (the returned timer: cancel it once the workload has ended); the terminal sends
+    SIGINT/SIGQUIT to the workload itself."""
+    escalation = threading.Timer(STOP_GRACE, _send, (session, signal.SIGKILL))
+    escalation.daemon = True
 
     def forward(signum: int, _frame: object) -> None:
-        try:
-            session.signal(signum)
-        except NoProcess:
-            pass  # the workload already ended
+        _send(session, signum)
+        if escalation.ident is None:  # the first one starts the grace
+            escalation.start()
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
     for signum in (signal.SIGINT, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
+    return escalation
+
+
+def _send(session: Any, signum: int) -> None:
+    try:
+        session.signal(signum)
+    except NoProcess:
+        pass  # the workload has ended
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
+from linx.cli import STOP_GRACE
 from tests.conftest import ROOT
 
 
@@ -101,10 +105,12 @@ def test_run_with_a_bad_option_value_fails_with_a_message_and_no_traceback() -> 
     assert "Traceback" not in done.stderr
 
 
-def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
+@contextlib.contextmanager
+def running_cli(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """`linx run --events ARGS` in a subprocess, yielded once it reports `Running`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "linx", "run", "--events", "--", "/bin/sleep", "60"],
+        [sys.executable, "-m", "linx", "run", "--events", *args],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -117,12 +123,29 @@ def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
                 break
         else:
             raise AssertionError("linx run never reported Running")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
-        assert "Signaled" in proc.stderr.read()
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+
+
+def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
+    with running_cli("--", "/bin/sleep", "60") as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+        assert proc.stderr is not None and "Signaled" in proc.stderr.read()
+
+
+def test_run_kills_a_workload_that_outlives_a_forwarded_sigterm_by_the_grace() -> None:
+    # As pid 1 of its namespace, `sleep` has no SIGTERM handler, so the kernel drops the
+    # signal; linx must not wait for ever, nor kill before the grace is over.
+    with running_cli("--ns", "pid", "--", "/bin/sleep", "60") as proc:
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=STOP_GRACE + 10) == 128 + signal.SIGKILL
+        assert time.monotonic() - sent >= STOP_GRACE - 0.5
+        assert proc.stderr is not None and "Signaled(signum=9)" in proc.stderr.read()
         proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
