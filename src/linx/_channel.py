@@ -108,6 +108,22 @@ class Channel:
             if message is not None:
                 self._queue(message)
 
+    def wait(self, timeout: float | None) -> Result:
+        """The outcome, once set. In the reactor thread (an owner calling `wait()`) it is
+        taken from the state machine once known (on the terminal event at the latest) and
+        never waited for: the reactor thread is the one that would set it."""
+        if not self._reactor.in_reactor_thread():
+            return self.outcome.wait(timeout)
+        with self._lock:
+            result = self.state.result
+        if result is None:
+            raise RuntimeError(
+                "linx: wait() called by an owner before the terminal event would block the "
+                "reactor thread that delivers it; wait in another thread, or act on the "
+                "terminal event"
+            )
+        return result
+
     def info(self) -> Info:
         with self._lock:
             if self.closed:

@@ -190,11 +190,13 @@ class Session:
         """Block until the terminal outcome: `Exited`, `Signaled` or `Aborted`.
 
         Raises `ProcessError` for a pre-exec or agent failure, `TimeoutError` if `timeout`
-        seconds pass first (the session stays alive), `NoProcess` after `close()`.
+        seconds pass first (the session stays alive), `NoProcess` after `close()`. An owner
+        (it runs in linx's reactor thread) gets the outcome once it is known (on the
+        terminal event at the latest), and `RuntimeError` before, rather than a deadlock.
         """
         if self._channel.closed:
             raise NoProcess("the session is closed")
-        return _unwrap(self._channel.outcome.wait(timeout))
+        return _unwrap(self._channel.wait(timeout))
 
     def info(self) -> Info:
         """A snapshot: mode, stage, host_pid, child_pid, pty, result."""

@@ -539,6 +539,30 @@ def test_an_owner_that_raises_misses_only_that_event(
     assert "the owner failed to take Running" in caplog.text
 
 
+def test_an_owner_calling_wait_gets_an_error_before_the_outcome_and_the_outcome_after(
+    session_factory: Factory,
+) -> None:
+    # An owner runs in the reactor thread, which is what sets the outcome: a blocking
+    # wait() there would stall every session of the process (for ever, without timeout).
+    answers: list[tuple[str, object]] = []
+
+    def owner(event: linx.Event) -> None:
+        assert event.session is not None
+        try:
+            answers.append((type(event).__name__, event.session.wait()))
+        except RuntimeError as exc:
+            answers.append((type(event).__name__, exc))
+
+    session = session_factory(["/bin/sh", "-c", "exit 6"], owner=owner)
+    assert wait_until(lambda: len(answers) == 1)
+    kind, ready_answer = answers[0]
+    assert kind == "Ready" and isinstance(ready_answer, RuntimeError)
+    assert "reactor thread" in str(ready_answer)
+    session.proceed()
+    assert session.wait(timeout=10) == linx.Exited(code=6)
+    assert answers[-1] == ("Exited", linx.Exited(code=6))
+
+
 def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
     owner: queue.Queue[linx.Event] = queue.Queue()
     session = session_factory(["/bin/sh", "-c", "exit 2"], owner=owner)
