@@ -563,6 +563,17 @@ def test_an_owner_calling_wait_gets_an_error_before_the_outcome_and_the_outcome_
     assert answers[-1] == ("Exited", linx.Exited(code=6))
 
 
+def test_once_wait_returns_the_default_queue_holds_the_terminal_event() -> None:
+    # The terminal event is handed to the owner before the outcome is set (design.md).
+    for _ in range(50):
+        session = linx.spawn(["/bin/true"], auto_proceed=True)
+        outcome = session.wait(timeout=10)
+        assert session.events is not None
+        held = [session.events.get_nowait() for _ in range(session.events.qsize())]
+        assert [type(e) for e in held] == [linx.Ready, linx.Running, linx.Exited]
+        assert held[-1] == outcome
+
+
 def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
     owner: queue.Queue[linx.Event] = queue.Queue()
     session = session_factory(["/bin/sh", "-c", "exit 2"], owner=owner)
