@@ -33,8 +33,11 @@ class Session:
     """The default owner (an `asyncio.Queue`) when no `owner` was given, else `None`."""
 
     def __init__(self, events: asyncio.Queue[Event] | None) -> None:
-        self._core: _sync.Session  # set by `spawn` once the spawn has started
+        self._core: _sync.Session  # bound by `_bind` before any event is delivered
         self.events = events
+
+    def _bind(self, core: _sync.Session) -> None:
+        self._core = core
 
     @property
     def host_pid(self) -> int | None:
@@ -102,7 +105,8 @@ async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: An
     """As `linx.spawn()`, with an `asyncio.Queue` fed on this loop as the default owner."""
     plan = _options.plan_spawn(argv, owner=owner, **options)
     events: asyncio.Queue[Event] | None = asyncio.Queue() if owner is None else None
-    # Made first, so that every event names it (weakly: it is in no reference cycle).
+    # Made first, so that every event names it (weakly: it is in no reference cycle), and
+    # bound to its core before an owner can see an event.
     session = Session(events)
-    session._core = _sync._start_plan(plan, owner, default_owner=events, named=session)
+    _sync._start_plan(plan, owner, default_owner=events, front=session)
     return session

@@ -65,13 +65,15 @@ class Session:
         owner: Any,
         *,
         default_owner: Any = None,
-        named: Any = None,
+        front: Any = None,
         pty: bool = False,
     ) -> Session:
         """Start a validated spawn. Without `owner`, events go to `default_owner` (a fresh
-        `queue.Queue` unless the caller brings its own kind, as `linx.aio` does). Events
-        name `named` (held weakly), or else the new session: `linx.aio` passes its own
-        handle, made before the spawn so that even the first event names it."""
+        `queue.Queue` unless the caller brings its own kind, as `linx.aio` does).
+
+        Events name the new session, or `front` (held weakly): the handle `linx.aio` made
+        for it before the spawn, so that even the first event names that. `front._bind(s)`
+        gets the new session before any event can be delivered."""
         session = cls(_token=_PRIVATE)
         deliver = session._take_owner(owner, default_owner)  # may refuse it: before any process
         runtime = get_runtime()
@@ -82,9 +84,11 @@ class Session:
                 mode="spawn",
                 auto_proceed=plan.auto_proceed,
                 pty=pty,
-                session=weakref.ref(session if named is None else named),
+                session=weakref.ref(session if front is None else front),
             )
             session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
+            if front is not None:
+                front._bind(session)
         except BaseException:
             runtime.abandon(sent.agent, plan)
             raise
@@ -343,11 +347,11 @@ def spawn(
 
 
 def _start_plan(
-    plan: _options.SpawnPlan, owner: Any, default_owner: Any = None, named: Any = None
+    plan: _options.SpawnPlan, owner: Any, default_owner: Any = None, front: Any = None
 ) -> Session:
     """`Session._start`, releasing the plan's fds if it fails (shared with `linx.aio`)."""
     try:
-        return Session._start(plan, owner, default_owner=default_owner, named=named)
+        return Session._start(plan, owner, default_owner=default_owner, front=front)
     except BaseException:
         plan.close_fds()
         raise

@@ -163,6 +163,27 @@ def test_aio_sessions_never_block_the_event_loop() -> None:
     assert ticks >= 40, ticks
 
 
+def test_an_aio_callable_owner_can_use_the_session_from_the_first_event() -> None:
+    # The reactor may deliver `Ready` before `linx.aio.spawn` returns: the handle the event
+    # names must already be bound to its session by then.
+    seen: list[object] = []
+
+    def owner(event: linx.Event) -> None:
+        if isinstance(event, linx.Ready):
+            session = event.session
+            assert isinstance(session, linx.aio.Session)
+            seen.append(session.info().stage)  # AttributeError if not bound yet
+            session.proceed()
+
+    async def main() -> None:
+        for _ in range(30):
+            async with await linx.aio.spawn(["/bin/true"], owner=owner) as session:
+                assert await session.wait(timeout=10) == linx.Exited(code=0)
+
+    asyncio.run(main())
+    assert seen == [linx.Stage.READY] * 30
+
+
 @pytest.mark.usefixtures("no_gc")
 def test_a_dropped_aio_session_is_freed_at_once_and_its_workload_ends() -> None:
     async def scenario() -> tuple[bool, int]:
