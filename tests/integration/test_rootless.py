@@ -72,3 +72,20 @@ def test_unprivileged_user_cannot_create_a_net_namespace_without_a_user_namespac
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     assert result == {"stage": "clone", "errno": errno.EPERM}, result
+
+
+def test_unprivileged_linx_run_with_map_root_is_root_and_pid_1_inside(
+    nobody_python: None,
+) -> None:
+    # The README's first command, as a user without privileges would type it.
+    done = run_python(
+        """
+        import sys
+        from linx.cli import main
+        sys.exit(main(["run", "--ns", "user,pid,mount,uts,ipc", "--map-root",
+                       "--hostname", "box", "--", "/bin/sh", "-c", "id -u; hostname; echo $$"]))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["0", "box", "1"], done.stdout
