@@ -98,7 +98,10 @@ class Session:
         await self.aclose()
 
     def __repr__(self) -> str:
-        return repr(self._core).replace("linx.Session", "linx.aio.Session")
+        core = getattr(self, "_core", None)  # None: its spawn failed before binding it
+        if core is None:
+            return "<linx.aio.Session (not started)>"
+        return repr(core).replace("linx.Session", "linx.aio.Session")
 
 
 async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: Any) -> Session:
