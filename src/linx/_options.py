@@ -208,11 +208,27 @@ def _env(env: object) -> tuple[bytes, ...]:
 
 def _cwd(cwd: object) -> bytes | None:
     if cwd is not None:
-        return _os_bytes("cwd", cwd)
+        return _absolute("cwd", cwd, _os_bytes("cwd", cwd))
     try:
         return os.getcwdb()
     except FileNotFoundError:
         return None  # the caller's cwd was removed: leave the agent's
+
+
+def _absolute(name: str, given: object, path: bytes) -> bytes:
+    """`path` made absolute against this process's working directory now, as `subprocess`
+    would take it. The agent's own is the launcher's: wherever this process was when the
+    launcher started."""
+    if path.startswith(b"/"):
+        return path
+    if not path:
+        raise ValueError(f"{name} must not be empty, got {given!r}")
+    try:
+        return os.path.join(os.getcwdb(), path)
+    except FileNotFoundError:
+        raise ValueError(
+            f"{name} {given!r} is relative, and the current directory no longer exists"
+        ) from None
 
 
 def _orphan_policy(policy: object) -> tuple[int | None, int | None]:
@@ -352,20 +368,19 @@ def _check_stdio(stdio: object) -> dict[str, StdioValue]:
         raise ValueError(
             f"stdio: unknown keys {sorted(map(repr, unknown))}; use stdin/stdout/stderr"
         )
-    plan = {name: stdio.get(name, "inherit") for name in _STDIO_NAMES}
-    for name, value in plan.items():
-        _check_stdio_value(name, value)
-    return plan
+    return {name: _check_stdio_value(name, stdio.get(name, "inherit")) for name in _STDIO_NAMES}
 
 
-def _check_stdio_value(name: str, value: StdioValue) -> None:
+def _check_stdio_value(name: str, value: StdioValue) -> StdioValue:
+    """`value` checked; a `connect_unix` path comes back absolute, as bytes (the agent
+    connects it from the launcher's directory, not this process's)."""
     if value in ("inherit", "devnull"):
-        return
+        return value
     if isinstance(value, tuple):
         if len(value) != 2 or value[0] != "connect_unix":
             raise ValueError(f"stdio[{name!r}]: expected ('connect_unix', path), not {value!r}")
-        _os_bytes(f"stdio[{name!r}] path", value[1])
-        return
+        label = f"stdio[{name!r}] path"
+        return ("connect_unix", _absolute(label, value[1], _os_bytes(label, value[1])))
     if isinstance(value, str):
         raise ValueError(
             f"stdio[{name!r}] must be 'inherit', 'devnull', a tuple or an fd: {value!r}"
@@ -375,6 +390,7 @@ def _check_stdio_value(name: str, value: StdioValue) -> None:
         os.fstat(fd)
     except OSError:
         raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
+    return value
 
 
 def _fileno(name: str, value: StdioValue) -> int:

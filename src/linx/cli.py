@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -24,20 +25,23 @@ from .events import Aborted, Event, Exited, Failed, Signaled
 from .session import spawn
 
 EXIT_SETUP_FAILED = 125
+EXIT_NOT_FOUND = 127  # as a shell says it
 # Seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the grace of
 # the default orphan policy, so that `kill` on linx ends the workload as `kill -9` would.
 STOP_GRACE = 5.0
 
 RUN_EPILOG = """\
 examples:
-  linx run -- /bin/echo hello
-  linx run --ns user,pid,mount,uts,ipc --map-root --hostname box -- /bin/sh -c 'id; hostname'
-  linx run --ns net --events -- /sbin/ip -brief link
+  linx run -- echo hello
+  linx run --ns user,pid,mount,uts,ipc --map-root --hostname box -- sh -c 'id; hostname'
+  linx run --ns net --events -- ip -brief link
 
 --ns takes a comma-separated list of: net mount pid uts ipc user cgroup time.
 --map-root maps your uid and gid to root inside a user namespace (it adds "user").
-The exit status is the workload's, 128+N if signal N killed it, and 125 if it never ran
-(the failing stage and errno are printed on stderr).
+A command without a slash is searched in the workload's PATH (see --env, --clear-env);
+a relative one is taken from the workload's working directory (--cwd, or yours).
+The exit status is the workload's, 128+N if signal N killed it, 125 if it never ran (the
+failing stage and errno are printed on stderr), and 127 if the command is not found.
 
 Signals: Ctrl-C reaches the workload from the terminal. SIGTERM or SIGHUP sent to linx
 is passed on, and a workload still running 5 s later is killed (SIGKILL). With "pid" the
@@ -56,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run ARGV in fresh namespaces",
-        description="Run ARGV (an absolute path and its arguments) in a child cloned into "
+        description="Run ARGV (a command and its arguments) in a child cloned into "
         "fresh namespaces, and exit with its status.",
         epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -127,16 +131,33 @@ def _print_event(event: Event) -> None:
     print(f"linx: event {event!r}", file=sys.stderr, flush=True)
 
 
+def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
+    """`command` as an absolute path, as a shell would find it: searched in the workload's
+    PATH (execvp's default without one) when it has no slash; a relative result is taken
+    from the workload's working directory. The library itself never searches."""
+    if "/" not in command:
+        found = shutil.which(command, path=env.get("PATH", os.defpath))
+        if found is None:
+            return None
+        command = found
+    return os.path.join(cwd or os.getcwd(), command)  # an absolute `command` stays as is
+
+
 def run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         raise SystemExit("linx run: no command given (put it after --)")
+    options = _spawn_options(args)
+    command = _resolve(argv[0], options["env"], args.cwd)
+    if command is None:
+        print(f"linx run: {argv[0]}: command not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
     try:
         session = spawn(
-            argv,
+            [command, *argv[1:]],
             auto_proceed=True,
             owner=_print_event if args.events else None,
-            **_spawn_options(args),
+            **options,
         )
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"linx run: {exc}") from None

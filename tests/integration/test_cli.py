@@ -82,6 +82,20 @@ def test_run_inherits_the_callers_environment_by_default() -> None:
     assert done.stdout == "x1\n", done.stderr
 
 
+def test_run_finds_a_command_in_path_as_a_shell_would() -> None:
+    done = linx_cli("run", "--", "echo", "found")
+    assert (done.returncode, done.stdout) == (0, "found\n"), done.stderr
+    relative = linx_cli("run", "--cwd", "/bin", "--", "./echo", "from-cwd")
+    assert (relative.returncode, relative.stdout) == (0, "from-cwd\n"), relative.stderr
+
+
+def test_run_exits_127_when_the_command_is_not_found() -> None:
+    done = linx_cli("run", "--env", "PATH=/nonexistent", "--", "echo", "x")
+    assert done.returncode == 127
+    assert "echo: command not found" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_help_exits_0_and_run_help_documents_ns() -> None:
     top = linx_cli("--help")
     assert top.returncode == 0, top.stderr

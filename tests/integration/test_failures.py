@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import drain, expect, no_more_events, pid_alive, run_python, wait_until
+from tests.conftest import (
+    capture_stdout,
+    drain,
+    expect,
+    no_more_events,
+    pid_alive,
+    run_python,
+    wait_until,
+)
 
 Factory = Callable[..., linx.Session]
 
@@ -81,6 +89,18 @@ def test_missing_cwd_fails_at_stage_chdir(session_factory: Factory, tmp_path: Pa
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)
     assert_process_error(raised.value, "chdir", errno.ENOENT)
+
+
+def test_a_relative_cwd_is_taken_from_the_callers_directory_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's own directory is the launcher's, from when it started: not this one.
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher exists
+    (tmp_path / "inner").mkdir()
+    monkeypatch.chdir(tmp_path)
+    session, out = capture_stdout(linx.spawn, ["/bin/pwd"], cwd="inner", auto_proceed=True)
+    assert out == f"{tmp_path / 'inner'}\n".encode()
+    assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
 @pytest.mark.parametrize("stage", ["execve", "chdir"])

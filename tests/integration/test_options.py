@@ -41,6 +41,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("env-value-wrong-type", "env", "TypeError", "42", "spawn(T, env={'K': v})"),
     ("cwd-nul", "cwd", "ValueError", "'/tmp\\x00x'", "spawn(T, cwd=v)"),
     ("cwd-int", "cwd", "TypeError", "42", "spawn(T, cwd=v)"),
+    ("cwd-empty", "cwd", "ValueError", "''", "spawn(T, cwd=v)"),
     ("stdio-unknown-string", "stdio", "ValueError", "'bogus'", "spawn(T, stdio=v)"),
     ("stdio-unknown-key", "stdio", "ValueError", "'stdxx'", "spawn(T, stdio={v: 'inherit'})"),
     ("stdio-unknown-directive", "stdio", "ValueError", "'bogus'", "spawn(T, stdio={'stdout': v})"),

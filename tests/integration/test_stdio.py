@@ -143,6 +143,23 @@ def test_connect_unix_sends_output_to_a_listening_socket(
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
+def test_a_relative_connect_unix_path_is_taken_from_the_callers_directory_now(
+    unix_listener: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent connects it, from the launcher's directory: wherever this process was when
+    # the launcher started. The path must mean what it means here and now.
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher exists
+    path, server = unix_listener
+    monkeypatch.chdir(os.path.dirname(path))
+    session = linx.spawn(
+        ["/bin/sh", "-c", "echo relative"],
+        stdio={"stdout": ("connect_unix", os.path.basename(path))},
+        auto_proceed=True,
+    )
+    assert accept_and_read(server) == b"relative\n"
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
 def test_a_dict_mixes_directives_per_stream(
     session_factory: Factory, unix_listener: tuple[str, socket.socket]
 ) -> None:
