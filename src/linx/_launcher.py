@@ -36,6 +36,15 @@ class LauncherBusy(Exception):
     """The launcher's socket is full and the caller would rather not wait."""
 
 
+Credentials = tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, ...]]
+
+
+def current_credentials() -> Credentials:
+    """This process's uids, gids and supplementary groups now: what a launcher started now
+    would have, and so its agents and their workloads (about 1 µs)."""
+    return os.getresuid(), os.getresgid(), tuple(os.getgroups())
+
+
 def agent_path() -> str:
     """The `linx-agent` program: `$LINX_AGENT`, or the one installed in the package."""
     override = os.environ.get(AGENT_ENV)
@@ -69,6 +78,10 @@ class Launcher:
         self._send_lock = threading.Lock()
         self._reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
         self.alive = True
+        self.retired = False  # see retire()
+        # Fixed for its life, and passed to every agent it forks (Runtime: a launcher is
+        # used only while this process's credentials are still these).
+        self.credentials = current_credentials()
         self._sock, self.pid, self._pidfd = _start_process()
         reactor.register(self._sock.fileno(), select.EPOLLIN, self._on_readable)
         reactor.register(self._pidfd, select.EPOLLIN, self._on_process_exit)
@@ -82,7 +95,7 @@ class Launcher:
         frame = _wire.encode(_wire.StartAgent(token=token))
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [session_fd]))]
         with self._send_lock:
-            if not self.alive:
+            if not self.alive or self.retired:
                 raise LauncherGone
             try:
                 self._send_all(frame, rights, block)
@@ -102,6 +115,14 @@ class Launcher:
                 _wait_writable(self._sock)
                 continue
             view, rights = view[sent:], []
+
+    def retire(self) -> None:
+        """Ask nothing more of this launcher (any thread). Its channel closes, so it exits;
+        the agents it forked run on, and their sessions end as usual, without its word on
+        an agent that dies (`agent_died` then has no status)."""
+        with self._send_lock:
+            self.retired = True
+        self._reactor.call_soon(self._gone)
 
     # --- reactor thread -----------------------------------------------------------------
 

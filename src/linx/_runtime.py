@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from . import _wire
 from ._channel import Channel
-from ._launcher import Launcher, LauncherBusy, LauncherGone
+from ._launcher import Credentials, Launcher, LauncherBusy, LauncherGone, current_credentials
 from ._options import SpawnPlan
 from ._reactor import Reactor
 
@@ -83,8 +83,14 @@ class Runtime:
         """
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         entry = _Unattached()
+        # A launcher runs with the credentials this process had when it started it, and so
+        # would the workload: one from before a privilege drop (setuid and the like) must
+        # not serve it.
+        credentials = current_credentials()
         try:
-            agent = self._take_spare(entry) or self._new_agent(entry=entry)
+            agent = self._take_spare(entry, credentials) or self._new_agent(
+                entry=entry, credentials=credentials
+            )
         except BaseException:
             plan.close_fds()
             raise
@@ -125,11 +131,15 @@ class Runtime:
         plan.close_fds()
 
     def _new_agent(
-        self, launcher: Launcher | None = None, entry: _Unattached | None = None
+        self,
+        launcher: Launcher | None = None,
+        entry: _Unattached | None = None,
+        credentials: Credentials | None = None,
     ) -> Agent:
         """An agent asked of `launcher` without blocking (raises `LauncherBusy` or
-        `LauncherGone`), or else of the current launcher, started anew if need be. With
-        `entry`, the agent is in the agent table under it before it is asked for."""
+        `LauncherGone`), or else of the current launcher, started anew if need be (or if
+        its credentials are not `credentials`). With `entry`, the agent is in the agent
+        table under it before it is asked for."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         token = next(self._tokens)
         if entry is not None:
@@ -138,7 +148,7 @@ class Runtime:
         try:
             ours.setblocking(False)  # here, not on the spawn path, for a spare
             if launcher is None:
-                launcher = self._request_agent(token, theirs.fileno())
+                launcher = self._request_agent(token, theirs.fileno(), credentials)
             else:
                 launcher.start_agent(token, theirs.fileno(), block=False)
         except BaseException:
@@ -151,9 +161,10 @@ class Runtime:
             entry.launcher = launcher
         return Agent(token, ours, launcher)
 
-    def _take_spare(self, entry: _Unattached) -> Agent | None:
+    def _take_spare(self, entry: _Unattached, credentials: Credentials) -> Agent | None:
         """The spare agent, if any, in the agent table under `entry`: taken and entered
-        under one lock, so no word of the launcher on it falls in between."""
+        under one lock, so no word of the launcher on it falls in between. None if its
+        launcher is dead or has other credentials than `credentials`."""
         with self._lock:
             if self._spare is None and self._refilling and not self.reactor.in_reactor_thread():
                 self._refilled.wait_for(lambda: not self._refilling, REFILL_WAIT)
@@ -161,8 +172,11 @@ class Runtime:
             if spare is not None:
                 entry.launcher = spare.launcher
                 self._agents[spare.token] = entry
-        if spare is not None and not spare.launcher.alive:
-            # Its launcher may have died before forking it: not worth finding out.
+        if spare is not None and (
+            not spare.launcher.alive or spare.launcher.credentials != credentials
+        ):
+            # Dead: its launcher may have died before forking it (not worth finding out).
+            # Other credentials: it would run the workload with those. It sees EOF and ends.
             self._forget(spare.token)
             spare.sock.close()
             return None
@@ -188,15 +202,18 @@ class Runtime:
                 return  # the next spawn asks for its agent itself
         finally:
             with self._lock:
-                if spare is not None:
-                    self._spare = spare
+                if spare is not None and spare.launcher is self._launcher:
+                    self._spare, spare = spare, None
                 self._refilling = False
                 self._refilled.notify_all()
+            if spare is not None:  # its launcher was replaced meanwhile (credentials)
+                self._forget(spare.token)
+                spare.sock.close()
 
-    def _request_agent(self, token: int, fd: int) -> Launcher:
+    def _request_agent(self, token: int, fd: int, credentials: Credentials | None) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
         for _ in range(2):
-            launcher = self._current_launcher()
+            launcher = self._current_launcher(credentials)
             try:
                 launcher.start_agent(token, fd)
                 return launcher
@@ -206,13 +223,36 @@ class Runtime:
                         self._launcher = None
         raise OSError("linx: could not start a launcher process")
 
-    def _current_launcher(self) -> Launcher:
+    def _current_launcher(self, credentials: Credentials | None = None) -> Launcher:
+        """The launcher to ask for agents: started anew if there is none, it died, or it
+        has other credentials than `credentials`. One replaced for its credentials is
+        retired (`Launcher.retire`: it exits, its agents run on) and its spare ends."""
+        retired = stale = None
         with self._lock:
-            if self._launcher is None or not self._launcher.alive:
-                self._launcher = Launcher(
+            launcher = self._launcher
+            if (
+                launcher is None
+                or not launcher.alive
+                or (credentials is not None and launcher.credentials != credentials)
+            ):
+                current = self._launcher = Launcher(
                     self.reactor, self._agent_exited, self._launch_failed, self._launcher_gone
                 )
-            return self._launcher
+                if launcher is not None and launcher.alive:
+                    # Replaced for its credentials. Kept, it and its spare would let this
+                    # process (say, a server that dropped root) start agents with the
+                    # credentials it gave up: both go.
+                    retired = launcher
+                    if self._spare is not None and self._spare.launcher is launcher:
+                        stale, self._spare = self._spare, None
+            else:
+                current = launcher
+        if stale is not None:
+            self._forget(stale.token)
+            stale.sock.close()
+        if retired is not None:
+            retired.retire()
+        return current
 
     # --- reactor thread ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import pytest
 import linx
 import linx.aio
 import linx.session
-from linx._launcher import Launcher
+from linx._launcher import Credentials, Launcher
 from linx._runtime import Agent, _Unattached, get_runtime
 from linx._state import SessionState
 from tests.conftest import wait_until
@@ -156,8 +156,8 @@ def test_a_spawn_right_after_an_outcome_takes_the_spare_being_refilled(
     took: list[bool] = []
     take_spare = runtime._take_spare
 
-    def recording(entry: _Unattached) -> Agent | None:
-        spare = take_spare(entry)
+    def recording(entry: _Unattached, credentials: Credentials) -> Agent | None:
+        spare = take_spare(entry, credentials)
         took.append(spare is not None)
         return spare
 

@@ -89,3 +89,52 @@ def test_unprivileged_linx_run_with_map_root_is_root_and_pid_1_inside(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["0", "box", "1"], done.stdout
+
+
+def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None:
+    # A launcher runs with the credentials the process had when it started it. After a
+    # drop (a server giving up root), neither it nor its spare may serve another spawn,
+    # and it must go: kept, it would let the process start root agents again.
+    done = run_python(
+        f"""
+        import json, os, time, linx
+        from linx._runtime import get_runtime
+
+        def ids():
+            r, w = os.pipe()
+            s = linx.spawn(["/bin/sh", "-c", "id -u; id -G"], stdio={{"stdout": w}},
+                           auto_proceed=True)
+            os.close(w)
+            with os.fdopen(r) as out:
+                text = out.read().split()
+            assert s.wait(timeout=20) == linx.Exited(0)
+            return text
+
+        before = ids()
+        root_launcher = get_runtime()._launcher.pid
+        parked = linx.spawn(["/bin/sh", "-c", "exit 3"])  # its agent: root, from before
+        assert isinstance(parked.events.get(timeout=20), linx.Ready)
+        os.setgroups([])
+        os.setgid({NOBODY})
+        os.setuid({NOBODY})
+        after = ids()
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{{root_launcher}}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        parked.proceed()
+        print(json.dumps({{
+            "before": before,
+            "after": after,
+            "root_launcher_gone": not os.path.exists(f"/proc/{{root_launcher}}"),
+            "parked": repr(parked.wait(timeout=20)),
+        }}))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report == {
+        "before": ["0", "0"],
+        "after": [str(NOBODY), str(NOBODY)],
+        "root_launcher_gone": True,
+        "parked": "Exited(code=3)",
+    }, report
