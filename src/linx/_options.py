@@ -182,9 +182,13 @@ def _current_environment() -> tuple[bytes, ...]:
     global _inherited_env
     current: dict[bytes, bytes] = getattr(os.environb, "_data", None) or dict(os.environb)
     snapshot, encoded = _inherited_env
-    if current != snapshot:
-        encoded = tuple(k + b"=" + v for k, v in current.items())
-        _inherited_env = (dict(current), encoded)
+    if current != snapshot:  # one C-level comparison: atomic under the GIL
+        # Copied in one C call before it is walked: another thread may change os.environ
+        # meanwhile, and walking the live dict would raise, or pair a stale encoding
+        # with the new snapshot.
+        snapshot = dict(current)
+        encoded = tuple(k + b"=" + v for k, v in snapshot.items())
+        _inherited_env = (snapshot, encoded)
     return encoded
 
 

@@ -19,7 +19,7 @@ import linx.session
 from linx._launcher import Credentials, Launcher
 from linx._runtime import Agent, _Unattached, get_runtime
 from linx._state import SessionState
-from tests.conftest import wait_until
+from tests.conftest import run_python, wait_until
 
 
 def test_spawning_from_many_threads_at_once_gives_every_session_its_own_outcome() -> None:
@@ -232,3 +232,51 @@ def test_a_spare_agent_dead_before_its_report_is_read_fails_its_spawn_with_its_s
         session.wait(timeout=10)  # the status shows the report was used, not the grace
     error = raised.value
     assert (error.stage, error.errno, error.code) == ("agent_died", None, -signal.SIGKILL)
+
+
+def test_another_thread_changing_os_environ_never_breaks_a_spawn() -> None:
+    # A spawn that inherits the environment reads os.environ, and so does the launcher's
+    # start (the first spawn here, in a fresh interpreter). Walking it while another
+    # thread changes it raised RuntimeError or KeyError; a tiny switch interval makes the
+    # other thread run in the middle of such a walk.
+    done = run_python(
+        """
+        import os, sys, threading, linx
+        stop = False
+
+        def churn():
+            i = 0
+            while not stop:
+                os.environ[f"LINX_CHURN_{i % 50}"] = str(i)
+                if i % 7 == 0:
+                    os.environ.pop(f"LINX_CHURN_{i * 3 % 50}", None)
+                i += 1
+
+        os.environ["LINX_STABLE"] = "kept"
+        thread = threading.Thread(target=churn)
+        thread.start()
+        sys.setswitchinterval(1e-6)
+        failures = []
+        try:
+            for _ in range(200):
+                try:
+                    r, w = os.pipe()
+                    s = linx.spawn(["/bin/sh", "-c", "echo $LINX_STABLE"],
+                                   stdio={"stdout": w}, auto_proceed=True)
+                    os.close(w)
+                    with os.fdopen(r) as out:
+                        seen = out.read().strip()
+                    s.wait(timeout=20)
+                    if seen != "kept":
+                        failures.append(seen)
+                except Exception as exc:
+                    failures.append(repr(exc))
+        finally:
+            stop = True
+            thread.join()
+        print(failures[:3], len(failures))
+        """,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[] 0", done.stdout
