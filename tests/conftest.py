@@ -194,13 +194,19 @@ def capture_stdout(
 
 
 def run_python(
-    code: str, *, user: int | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+    code: str,
+    *,
+    user: int | None = None,
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    stdin: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter importing this checkout's linx (optionally as `user`)."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), full_env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -19,7 +19,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from . import _wire
+from . import _fds, _wire
 from ._reactor import Reactor
 
 log = logging.getLogger("linx")
@@ -183,7 +183,7 @@ class Launcher:
 
 
 def _start_process() -> tuple[socket.socket, int, int]:
-    ours, pair_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours, pair_end = _fds.socketpair()
     # Above fd 3, so the DUP2 below always makes a fresh, inheritable fd 3.
     theirs = socket.socket(fileno=fcntl.fcntl(pair_end.fileno(), fcntl.F_DUPFD_CLOEXEC, 10))
     pair_end.close()
@@ -207,7 +207,7 @@ def _start_process() -> tuple[socket.socket, int, int]:
         theirs.close()
     ours.setblocking(False)
     try:
-        pidfd = os.pidfd_open(pid)
+        pidfd = _fds.new(lambda: os.pidfd_open(pid))
     except OSError as exc:
         ours.close()  # the launcher exits at this EOF; reaped here, it is no zombie
         os.waitpid(pid, 0)

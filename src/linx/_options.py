@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeGuard
 
-from . import _wire
+from . import _fds, _wire
 
 __all__ = ["Namespace", "SpawnPlan", "plan_spawn"]
 
@@ -432,7 +432,7 @@ def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) 
         return _wire.stdio_connect_unix(os.fsencode(value[1]))
     fd = target if value == "inherit" else _fileno(name, value)
     try:
-        copy = os.dup(fd)  # os.dup is close-on-exec
+        copy = _fds.duplicate(fd)  # never 0-2: the next target must see those as they are
     except OSError:
         if value == "inherit":
             return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's

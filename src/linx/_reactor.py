@@ -21,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import _fds
+
 log = logging.getLogger("linx")
 
 Handler = Callable[[int], None]
@@ -31,8 +33,8 @@ class Reactor:
     """An epoll loop in a daemon thread named `linx-reactor`."""
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
-        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._epoll = _fds.epoll()
+        self._wake_fd = _fds.new(lambda: os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._handlers: dict[int, Handler] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import _wire
+from . import _fds, _wire
 from ._channel import Channel
 from ._launcher import Credentials, Launcher, LauncherBusy, LauncherGone, current_credentials
 from ._options import SpawnPlan
@@ -140,7 +140,7 @@ class Runtime:
         `LauncherGone`), or else of the current launcher, started anew if need be (or if
         its credentials are not `credentials`). With `entry`, the agent is in the agent
         table under it before it is asked for."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _fds.socketpair()
         token = next(self._tokens)
         if entry is not None:
             with self._lock:

@@ -213,7 +213,9 @@ def test_the_launchers_word_on_an_agent_dead_before_its_channel_exists_is_not_lo
         return real_state(*args, **kwargs)
 
     monkeypatch.setattr(linx.session, "SessionState", agent_killed_first)
-    session = linx.spawn(["/bin/true"], auto_proceed=True)
+    # Not /bin/true: should this thread wait for the GIL between the send and the kill, a
+    # quick workload could be over, and its agent gone cleanly, before the kill.
+    session = linx.spawn(["/bin/sleep", "5"], auto_proceed=True)
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)  # the status shows the report was used, not the grace
     error = raised.value

@@ -11,6 +11,7 @@ import functools
 import gc
 import os
 import signal
+import subprocess
 import threading
 import time
 import weakref
@@ -21,7 +22,7 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import drain, expect, pid_alive, wait_until
+from tests.conftest import drain, expect, pid_alive, run_python, wait_until
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -282,6 +283,40 @@ def test_workload_gets_a_passed_fd_as_stdout_and_no_other_extra_fd() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+# Reports, from inside the workload, which of its fds 0, 1, 2 are open and what they are.
+_STDIO_PROBE = (
+    'for f in 0 1 2; do if [ -e /proc/$$/fd/$f ]; then echo "$f $(readlink /proc/$$/fd/$f)"'
+    ' >> "$0"; fi; done; echo end >> "$0"'
+)
+
+
+@pytest.mark.parametrize("closed", [(0, 1, 2), (1, 2)], ids=["all-closed", "1-and-2-closed"])
+def test_a_process_with_closed_standard_fds_passes_them_closed_and_nothing_of_linx(
+    closed: tuple[int, ...], tmp_path: Path
+) -> None:
+    # A daemon runs with its standard fds closed. linx's own fds (epoll, eventfd, sockets,
+    # the stdio copies of a spawn) must not land on them: a later "inherit" would hand
+    # them to the workload, even while a refill in the reactor thread creates one. Many
+    # spawns: the first creates linx's machinery, each makes the reactor refill.
+    report = tmp_path / "fds"
+    done = run_python(
+        f"""
+        import os
+        for fd in {closed!r}:
+            os.close(fd)
+        import linx
+        for _ in range(30):
+            session = linx.spawn(["/bin/sh", "-c", {_STDIO_PROBE!r}, {str(report)!r}],
+                                 auto_proceed=True)
+            assert session.wait(timeout=20) == linx.Exited(0)
+        """,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    kept = "0 /dev/null\n" if 0 not in closed else ""
+    assert report.read_text() == f"{kept}end\n" * 30
 
 
 def _signal_set(pid: int, field: str) -> set[int]:
