@@ -69,3 +69,12 @@ def _lifted_socket(sock: socket.socket) -> socket.socket:
     if sock.fileno() >= FIRST_FREE:
         return sock
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=_lifted(sock.detach()))
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock at the fork; it does not exist in the child.
+    global _placing
+    _placing = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -419,6 +419,48 @@ def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected()
         running.close()
 
 
+def test_a_child_forked_while_another_thread_places_an_fd_can_still_spawn() -> None:
+    # linx makes its fds under a lock (_fds.py). A thread of the parent holds it at the
+    # fork; that thread does not exist in the child, which must not wait for it for ever.
+    from linx import _fds
+
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _fds._placing:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: never return into pytest
+            status = 1
+            try:
+                outcome = linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+                status = 0 if outcome == linx.Exited(0) else 2
+            finally:
+                os._exit(status)
+    finally:
+        release.set()
+        holder.join()
+    ended: list[int] = []
+
+    def reaped() -> bool:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            ended.append(os.waitstatus_to_exitcode(status))
+        return bool(done)
+
+    if not wait_until(reaped, 15):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child hangs on linx's fd lock")
+    assert ended == [0]
+
+
 def _has_stage(session: linx.Session, stage: linx.Stage) -> bool:
     return session.info().stage == stage
 
