@@ -123,6 +123,18 @@ def _id(name: str, value: object) -> int:
     return value
 
 
+def validate_timeout(timeout: object) -> float | None:
+    """A `wait()` timeout: None (no limit) or a number of seconds, not NaN. A negative one
+    means "do not wait"; an infinite one, no limit."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if math.isnan(timeout):
+        raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+    return None if math.isinf(timeout) and timeout > 0 else float(timeout)
+
+
 def validate_signal(signum: object) -> int:
     """A signal number in 1..64 (a `signal.Signals` is an int)."""
     if not isinstance(signum, int) or isinstance(signum, bool):

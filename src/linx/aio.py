@@ -74,6 +74,7 @@ class Session:
 
     async def wait(self, timeout: float | None = None) -> Outcome:
         """The terminal outcome, as `linx.Session.wait()`; cancelling the wait is harmless."""
+        timeout = _options.validate_timeout(timeout)
         channel = self._core._channel
         if channel.closed:
             raise NoProcess("the session is closed")

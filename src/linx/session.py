@@ -198,6 +198,8 @@ class Session:
         (it runs in linx's reactor thread) gets the outcome once it is known (on the
         terminal event at the latest), and `RuntimeError` before, rather than a deadlock.
         """
+        if timeout is not None:
+            timeout = _options.validate_timeout(timeout)
         if self._channel.closed:
             raise NoProcess("the session is closed")
         return _unwrap(self._channel.wait(timeout))

@@ -356,6 +356,20 @@ def test_wait_timeout_on_a_parked_session_raises_and_leaves_it_usable(
     assert session.wait(timeout=10) == linx.Exited(code=4)
 
 
+def test_wait_refuses_a_bad_timeout_and_leaves_the_session_as_it_was(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 5"])
+    expect(session, linx.Ready)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None, not '1'"):
+        session.wait(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not nan"):
+        session.wait(timeout=float("nan"))
+    assert session.info().stage == linx.Stage.READY
+    session.proceed()
+    assert session.wait(timeout=float("inf")) == linx.Exited(code=5)
+
+
 def _every_verb() -> list[tuple[str, Callable[[linx.Session], object]]]:
     return [
         ("proceed", lambda s: s.proceed()),

@@ -63,3 +63,27 @@ def test_argv_still_names_the_bad_item() -> None:
         _options._argv([b"/bin/echo", bytearray(b"x")])
     with pytest.raises(ValueError, match=r"argv\[1\] contains a NUL"):
         _options._argv(["/bin/echo", "a\0b"])
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [("1", TypeError), (True, TypeError), (b"1", TypeError), (float("nan"), ValueError)],
+)
+def test_a_bad_wait_timeout_is_refused_naming_it(given: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=r"timeout must be a number of seconds.*" + repr(given)[:3]):
+        _options.validate_timeout(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        (None, None),
+        (float("inf"), None),
+        (2, 2.0),
+        (0.5, 0.5),
+        (-1, -1.0),
+        (-float("inf"), -float("inf")),
+    ],
+)
+def test_a_wait_timeout_is_none_for_no_limit_or_seconds(given: object, taken: object) -> None:
+    assert _options.validate_timeout(given) == taken
