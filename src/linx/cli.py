@@ -140,7 +140,8 @@ def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
         if found is None:
             return None
         command = found
-    return os.path.join(cwd or os.getcwd(), command)  # an absolute `command` stays as is
+    # No normalising: "a/../b" is the kernel's to resolve, through any symlink "a" is.
+    return os.path.join(os.getcwd(), cwd or "", command)  # an absolute part wins
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,9 @@ from linx.cli import STOP_GRACE
 from tests.conftest import ROOT
 
 
-def linx_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def linx_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run(
         [sys.executable, "-m", "linx", *args],
@@ -23,6 +25,7 @@ def linx_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
         timeout=60,
         env=full_env,
         stdin=subprocess.DEVNULL,
+        cwd=cwd,
     )
 
 
@@ -87,6 +90,8 @@ def test_run_finds_a_command_in_path_as_a_shell_would() -> None:
     assert (done.returncode, done.stdout) == (0, "found\n"), done.stderr
     relative = linx_cli("run", "--cwd", "/bin", "--", "./echo", "from-cwd")
     assert (relative.returncode, relative.stdout) == (0, "from-cwd\n"), relative.stderr
+    both = linx_cli("run", "--cwd", "bin", "--", "./echo", "both-relative", cwd="/")
+    assert (both.returncode, both.stdout) == (0, "both-relative\n"), both.stderr
 
 
 def test_run_exits_127_when_the_command_is_not_found() -> None:
