@@ -8,6 +8,7 @@ logged, never allowed to stop the reactor.
 from __future__ import annotations
 
 import logging
+import queue
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,11 +24,22 @@ Deliver = Callable[[Event], None]
 
 
 def make_deliver(owner: Any) -> Deliver:
-    """A function that hands one event to `owner`. Call it where the owner's loop runs."""
+    """A function that hands one event to `owner`. Call it where the owner's loop runs.
+
+    Raises `ValueError` for a bounded `queue.Queue` or `asyncio.Queue`: the reactor thread
+    cannot wait for room in it (every session of the process would stall), and dropping
+    events would break the one-terminal-event promise.
+    """
     # asyncio is not imported for this check: a program that has not imported it has no
     # asyncio.Queue, and importing it costs a third of `import linx` (docs/performance.md).
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and isinstance(owner, asyncio.Queue):
+    is_asyncio_queue = asyncio is not None and isinstance(owner, asyncio.Queue)
+    if (is_asyncio_queue or isinstance(owner, queue.Queue)) and owner.maxsize > 0:
+        raise ValueError(
+            f"owner {owner!r} is a bounded queue (maxsize={owner.maxsize}): linx's "
+            "reactor thread must never wait for room in it; give an unbounded queue"
+        )
+    if is_asyncio_queue:
         return _asyncio_queue_deliver(owner)
     put = getattr(owner, "put", None)
     if callable(put):

@@ -588,6 +588,18 @@ def test_once_wait_returns_the_default_queue_holds_the_terminal_event() -> None:
         assert held[-1] == outcome
 
 
+def test_set_owner_refuses_a_bounded_queue_and_keeps_the_old_owner(
+    session_factory: Factory,
+) -> None:
+    session = session_factory(["/bin/sh", "-c", "exit 8"])
+    expect(session, linx.Ready)
+    with pytest.raises(ValueError, match=r"bounded queue \(maxsize=2\)"):
+        session.set_owner(queue.Queue(maxsize=2))
+    session.proceed()
+    assert session.wait(timeout=10) == linx.Exited(code=8)
+    assert [type(e) for e in drain(session)] == [linx.Running, linx.Exited]
+
+
 def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
     owner: queue.Queue[linx.Event] = queue.Queue()
     session = session_factory(["/bin/sh", "-c", "exit 2"], owner=owner)

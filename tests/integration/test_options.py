@@ -74,6 +74,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("stdio-wrong-type", "stdio", "TypeError", "42", "spawn(T, stdio=v)"),
     ("owner-not-callable-no-put", "owner", "TypeError", "42", "spawn(T, owner=v)"),
     ("owner-put-not-callable", "owner", "TypeError", "NotCallablePut()", "spawn(T, owner=v)"),
+    (
+        "owner-bounded-queue",  # the reactor thread would wait for room: every session stalls
+        "owner",
+        "ValueError",
+        "__import__('queue').Queue(maxsize=1)",
+        "spawn(T, owner=v)",
+    ),
     ("linger-str", "linger", "TypeError", "'yes'", "spawn(T, linger=v)"),
     ("linger-none", "linger", "TypeError", "None", "spawn(T, linger=v)"),
     ("auto-proceed-int", "auto_proceed", "TypeError", "1", "spawn(T, auto_proceed=v)"),
