@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from . import _fds, _wire
+from ._options import live_environment
 from ._reactor import Reactor
 
 log = logging.getLogger("linx")
@@ -191,7 +192,7 @@ def _start_process() -> tuple[socket.socket, int, int]:
         pid = os.posix_spawn(
             agent_path(),
             ["linx-agent", "--launcher"],
-            _environment_now(),
+            dict(live_environment()),  # one C call: see live_environment
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
@@ -213,12 +214,6 @@ def _start_process() -> tuple[socket.socket, int, int]:
         os.waitpid(pid, 0)
         raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
     return ours, pid, pidfd
-
-
-def _environment_now() -> dict[bytes, bytes]:
-    """A copy of this process's environment, taken in one C call: walking `os.environ`
-    itself (as `posix_spawn` would) raises if another thread changes it meanwhile."""
-    return dict(getattr(os.environb, "_data", None) or os.environb)
 
 
 def _wait_writable(sock: socket.socket) -> None:

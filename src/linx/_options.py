@@ -189,10 +189,16 @@ _NO_NAMESPACES: frozenset[Namespace] = frozenset()
 _inherited_env: tuple[dict[bytes, bytes], tuple[bytes, ...]] = ({}, ())
 
 
+def live_environment() -> dict[bytes, bytes]:
+    """The dict behind `os.environb` itself (a copy where there is none): copy it with one
+    `dict()` call before walking it, since another thread may change it meanwhile."""
+    return getattr(os.environb, "_data", None) or dict(os.environb)
+
+
 def _current_environment() -> tuple[bytes, ...]:
     """This process's environment as `KEY=VALUE` entries, re-encoded only when it changed."""
     global _inherited_env
-    current: dict[bytes, bytes] = getattr(os.environb, "_data", None) or dict(os.environb)
+    current = live_environment()
     snapshot, encoded = _inherited_env
     if current != snapshot:  # one C-level comparison: atomic under the GIL
         # Copied in one C call before it is walked: another thread may change os.environ
