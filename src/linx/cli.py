@@ -2,7 +2,7 @@
 
 The command line is a thin layer over `linx.spawn`: it parses, spawns with `auto_proceed`,
 forwards SIGTERM/SIGHUP to the workload (and SIGKILLs it if it is still there
-`STOP_GRACE` seconds later), and exits with the workload's status (128+n for a signal, 125
+`--stop-grace` seconds later), and exits with the workload's status (128+n for a signal, 125
 for a failure before the workload ran). It never handles the workload's stdio: the
 workload inherits this terminal.
 """
@@ -10,6 +10,7 @@ workload inherits this terminal.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -26,8 +27,9 @@ from .session import spawn
 
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_FOUND = 127  # as a shell says it
-# Seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the grace of
-# the default orphan policy, so that `kill` on linx ends the workload as `kill -9` would.
+# Default seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the
+# grace of the default orphan policy, so that `kill` on linx ends the workload as `kill -9`
+# would.
 STOP_GRACE = 5.0
 
 RUN_EPILOG = """\
@@ -44,9 +46,10 @@ The exit status is the workload's, 128+N if signal N killed it, 125 if it never 
 failing stage and errno are printed on stderr), and 127 if the command is not found.
 
 Signals: Ctrl-C reaches the workload from the terminal. SIGTERM or SIGHUP sent to linx
-is passed on, and a workload still running 5 s later is killed (SIGKILL). With "pid" the
-workload is its namespace's init, and the kernel drops every signal it has no handler
-for: Ctrl-C does nothing to a plain `sleep`, while `kill` on linx ends it after the 5 s.
+is passed on, and a workload still running --stop-grace seconds later (5 by default) is
+killed (SIGKILL). With "pid" the workload is its namespace's init, and the kernel drops
+every signal it has no handler for: Ctrl-C does nothing to a plain `sleep`, while `kill`
+on linx ends it after the grace.
 """
 
 
@@ -86,8 +89,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--clear-env", action="store_true", help="start from an empty environment")
     run.add_argument("--events", action="store_true", help="print each lifecycle event to stderr")
+    run.add_argument(
+        "--stop-grace",
+        metavar="SECONDS",
+        type=_grace,
+        default=STOP_GRACE,
+        help=f"seconds from a SIGTERM/SIGHUP to linx to the SIGKILL (default {STOP_GRACE:g})",
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGV", help="the command")
     return parser
+
+
+def _grace(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0: {text!r}")
+    return seconds
 
 
 def _id_map(option: str, lines: list[str]) -> list[tuple[int, int, int]]:
@@ -163,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"linx run: {exc}") from None
     with session:
-        escalation = _forward_signals(session)
+        escalation = _forward_signals(session, args.stop_grace)
         try:
             outcome = session.wait()
         except ProcessError as exc:
@@ -184,11 +204,11 @@ def _exit_status(outcome: Event) -> int:
     raise AssertionError(outcome)
 
 
-def _forward_signals(session: Any) -> threading.Timer:
-    """SIGTERM/SIGHUP go on to the workload, and a SIGKILL `STOP_GRACE` seconds after the
-    first (the returned timer: cancel it once the workload has ended); the terminal sends
+def _forward_signals(session: Any, grace: float) -> threading.Timer:
+    """SIGTERM/SIGHUP go on to the workload, and a SIGKILL `grace` seconds after the first
+    (the returned timer: cancel it once the workload has ended); the terminal sends
     SIGINT/SIGQUIT to the workload itself."""
-    escalation = threading.Timer(STOP_GRACE, _send, (session, signal.SIGKILL))
+    escalation = threading.Timer(grace, _send, (session, signal.SIGKILL))
     escalation.daemon = True
 
     def forward(signum: int, _frame: object) -> None:

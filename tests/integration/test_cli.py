@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+import pytest
+
 from linx.cli import STOP_GRACE
 from tests.conftest import ROOT
 
@@ -146,7 +148,9 @@ def running_cli(*args: str) -> Iterator[subprocess.Popen[str]]:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
@@ -156,15 +160,25 @@ def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
         assert proc.stderr is not None and "Signaled" in proc.stderr.read()
 
 
-def test_run_kills_a_workload_that_outlives_a_forwarded_sigterm_by_the_grace() -> None:
+@pytest.mark.parametrize("grace", [None, 1.0], ids=["default-grace", "stop-grace-1"])
+def test_run_kills_a_workload_that_outlives_a_forwarded_sigterm_by_the_grace(
+    grace: float | None,
+) -> None:
     # As pid 1 of its namespace, `sleep` has no SIGTERM handler, so the kernel drops the
     # signal; linx must not wait for ever, nor kill before the grace is over.
-    with running_cli("--ns", "pid", "--", "/bin/sleep", "60") as proc:
+    option = [] if grace is None else ["--stop-grace", str(grace)]
+    expected = STOP_GRACE if grace is None else grace
+    with running_cli(*option, "--ns", "pid", "--", "/bin/sleep", "60") as proc:
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=STOP_GRACE + 10) == 128 + signal.SIGKILL
-        assert time.monotonic() - sent >= STOP_GRACE - 0.5
+        assert proc.wait(timeout=expected + 10) == 128 + signal.SIGKILL
+        assert time.monotonic() - sent >= expected - 0.5
         assert proc.stderr is not None and "Signaled(signum=9)" in proc.stderr.read()
-        proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1", "inf", "nan"])
+def test_run_refuses_a_bad_stop_grace_naming_it(bad: str) -> None:
+    done = linx_cli("run", "--stop-grace", bad, "--", "/bin/true")
+    assert done.returncode == 2
+    assert "--stop-grace" in done.stderr and repr(bad) in done.stderr
+    assert "Traceback" not in done.stderr
