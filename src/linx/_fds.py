@@ -32,14 +32,19 @@ def duplicate(fd: int) -> int:
     """A close-on-exec copy of `fd` at 3 or above. `os.dup` would take the lowest free fd,
     which may be one of 0, 1 and 2 that a later step still means to read as closed."""
     with _placing:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FREE)
+        return _copy_up(fd)
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
     """A connected pair of AF_UNIX stream sockets, both at 3 or above."""
     with _placing:
         first, second = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        return _lifted_socket(first), _lifted_socket(second)
+        try:
+            return _lifted_socket(first), _lifted_socket(second)
+        except BaseException:
+            first.close()  # a detached one closes nothing more
+            second.close()
+            raise
 
 
 def epoll() -> select.epoll:
@@ -49,18 +54,20 @@ def epoll() -> select.epoll:
         if poller.fileno() >= FIRST_FREE:
             return poller
         try:
-            return select.epoll.fromfd(
-                fcntl.fcntl(poller.fileno(), fcntl.F_DUPFD_CLOEXEC, FIRST_FREE)
-            )
+            return select.epoll.fromfd(_copy_up(poller.fileno()))
         finally:
             poller.close()
+
+
+def _copy_up(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FREE)
 
 
 def _lifted(fd: int) -> int:
     if fd >= FIRST_FREE:
         return fd
     try:
-        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FREE)
+        return _copy_up(fd)
     finally:
         os.close(fd)
 

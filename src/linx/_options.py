@@ -230,26 +230,27 @@ def _env(env: object) -> tuple[bytes, ...]:
 
 def _cwd(cwd: object) -> bytes | None:
     if cwd is not None:
-        return _absolute("cwd", cwd, _os_bytes("cwd", cwd))
+        return _absolute_path("cwd", cwd)
     try:
         return os.getcwdb()
     except FileNotFoundError:
         return None  # the caller's cwd was removed: leave the agent's
 
 
-def _absolute(name: str, given: object, path: bytes) -> bytes:
-    """`path` made absolute against this process's working directory now, as `subprocess`
-    would take it. The agent's own is the launcher's: wherever this process was when the
-    launcher started."""
+def _absolute_path(name: str, value: object) -> bytes:
+    """`value` as `_os_bytes`, made absolute against this process's working directory now,
+    as `subprocess` would take it. The agent's own is the launcher's: wherever this process
+    was when the launcher started."""
+    path = _os_bytes(name, value)
     if path.startswith(b"/"):
         return path
     if not path:
-        raise ValueError(f"{name} must not be empty, got {given!r}")
+        raise ValueError(f"{name} must not be empty, got {value!r}")
     try:
         return os.path.join(os.getcwdb(), path)
     except FileNotFoundError:
         raise ValueError(
-            f"{name} {given!r} is relative, and the current directory no longer exists"
+            f"{name} {value!r} is relative, and the current directory no longer exists"
         ) from None
 
 
@@ -401,8 +402,7 @@ def _check_stdio_value(name: str, value: StdioValue) -> StdioValue:
     if isinstance(value, tuple):
         if len(value) != 2 or value[0] != "connect_unix":
             raise ValueError(f"stdio[{name!r}]: expected ('connect_unix', path), not {value!r}")
-        label = f"stdio[{name!r}] path"
-        return ("connect_unix", _absolute(label, value[1], _os_bytes(label, value[1])))
+        return ("connect_unix", _absolute_path(f"stdio[{name!r}] path", value[1]))
     if isinstance(value, str):
         raise ValueError(
             f"stdio[{name!r}] must be 'inherit', 'devnull', a tuple or an fd: {value!r}"

@@ -126,9 +126,13 @@ class Runtime:
 
     def abandon(self, agent: Agent, plan: SpawnPlan) -> None:
         """Give up a request sent to `agent`: it sees EOF and applies its orphan policy."""
+        self._discard(agent)
+        plan.close_fds()
+
+    def _discard(self, agent: Agent) -> None:
+        """Let `agent` go: out of the agent table, its socket closed (it sees EOF and ends)."""
         self._forget(agent.token)
         agent.sock.close()
-        plan.close_fds()
 
     def _new_agent(
         self,
@@ -176,9 +180,8 @@ class Runtime:
             not spare.launcher.alive or spare.launcher.credentials != credentials
         ):
             # Dead: its launcher may have died before forking it (not worth finding out).
-            # Other credentials: it would run the workload with those. It sees EOF and ends.
-            self._forget(spare.token)
-            spare.sock.close()
+            # Other credentials: it would run the workload with those.
+            self._discard(spare)
             return None
         return spare
 
@@ -207,8 +210,7 @@ class Runtime:
                 self._refilling = False
                 self._refilled.notify_all()
             if spare is not None:  # its launcher was replaced meanwhile (credentials)
-                self._forget(spare.token)
-                spare.sock.close()
+                self._discard(spare)
 
     def _request_agent(self, token: int, fd: int, credentials: Credentials | None) -> Launcher:
         # One retry: a launcher that died since the last spawn is replaced transparently.
@@ -248,8 +250,7 @@ class Runtime:
             else:
                 current = launcher
         if stale is not None:
-            self._forget(stale.token)
-            stale.sock.close()
+            self._discard(stale)
         if retired is not None:
             retired.retire()
         return current

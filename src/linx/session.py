@@ -101,8 +101,8 @@ class Session:
             self._owner = owner
             return make_deliver(owner)
         # The session owns its default owner; the channel, held by the reactor, reaches it
-        # only through the session, weakly. Were it the queue's `put`, the queued events
-        # (each naming its session) would keep a dropped session alive for ever.
+        # only through the session, weakly: the queue is made only when someone asks for
+        # it (`_early` until then), and the reactor must not keep a dropped session alive.
         if default_owner is not None:
             self._adopt_owner(default_owner)
         else:
@@ -198,8 +198,7 @@ class Session:
         (it runs in linx's reactor thread) gets the outcome once it is known (on the
         terminal event at the latest), and `RuntimeError` before, rather than a deadlock.
         """
-        if timeout is not None:
-            timeout = _options.validate_timeout(timeout)
+        timeout = _options.validate_timeout(timeout)
         if self._channel.closed:
             raise NoProcess("the session is closed")
         return _unwrap(self._channel.wait(timeout))
