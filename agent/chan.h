@@ -37,5 +37,4 @@ void chan_shrink(struct chan *c);
 int chan_take_fd(struct chan *c);
 void chan_close_fds(struct chan *c);
 
-
 #endif
