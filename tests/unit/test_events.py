@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import pickle
 from typing import cast
 
@@ -20,32 +19,26 @@ def fake_session() -> linx.Session:
     return cast(linx.Session, FakeSession())
 
 
+@pytest.mark.usefixtures("no_gc")  # by reference counting alone
 def test_session_is_reachable_while_it_lives_and_none_after() -> None:
     session = fake_session()
     event = linx.Exited(3, session=session)
     assert event.session is session
-    gc.disable()  # by reference counting alone
-    try:
-        del session
-        assert event.session is None
-    finally:
-        gc.enable()
+    del session
+    assert event.session is None
 
 
+@pytest.mark.usefixtures("no_gc")
 def test_an_event_in_its_sessions_own_store_is_no_reference_cycle() -> None:
     # The shape that leaked before: the session holds its queue, the queue the event.
     class Owner:
         def __init__(self) -> None:
             self.store = [linx.Ready(41, session=cast(linx.Session, self))]
 
-    gc.disable()
-    try:
-        owner = Owner()
-        store = owner.store
-        del owner
-        assert store[0].session is None
-    finally:
-        gc.enable()
+    owner = Owner()
+    store = owner.store
+    del owner
+    assert store[0].session is None
 
 
 def test_session_takes_no_part_in_equality_hash_or_repr() -> None:
