@@ -1,8 +1,8 @@
 """Delivery of events to owners: a queue (`put`), an `asyncio.Queue`, or a callable.
 
 Owners are called from the reactor thread and must not block. An `asyncio.Queue` is fed on
-its own loop with `call_soon_threadsafe`, so it is safe from any thread. A failing owner is
-logged, never allowed to stop the reactor.
+its own loop with `call_soon_threadsafe`, so it is safe from any thread. A failing owner (even
+one that raises `SystemExit`) is logged, never allowed to stop the reactor.
 """
 
 from __future__ import annotations
@@ -74,5 +74,7 @@ def deliver_all(deliver: Deliver, events: list[Event]) -> None:
     for event in events:
         try:
             deliver(event)
-        except Exception:
+        except BaseException:
+            # BaseException too: a SystemExit raised in an owner (sys.exit() in a callback)
+            # would otherwise end the reactor thread quietly, and every session with it.
             log.exception("linx: the owner failed to take %r", event)

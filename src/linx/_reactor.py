@@ -140,7 +140,8 @@ class Reactor:
     def _guarded(fn: Callable[..., None], *args: int) -> None:
         try:
             fn(*args)
-        except Exception:
+        except BaseException:
+            # nothing may end this thread: every session of the process depends on it
             log.exception("linx reactor: a handler failed")
 
     # --- after fork, in the child ------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import queue
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -551,6 +552,21 @@ def test_an_owner_that_raises_misses_only_that_event(
     assert session.wait(timeout=10) == linx.Exited(code=0)
     assert [type(e) for e in received] == [linx.Ready, linx.Exited]
     assert "the owner failed to take Running" in caplog.text
+
+
+def test_an_owner_raising_system_exit_stops_neither_its_session_nor_the_reactor(
+    session_factory: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # sys.exit() in a callback raises SystemExit in the reactor thread, which would end
+    # that thread quietly and leave every session of the process without events
+    def owner(event: linx.Event) -> None:
+        sys.exit(3)
+
+    session = session_factory(["/bin/true"], owner=owner, auto_proceed=True)
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert "the owner failed to take Exited" in caplog.text
+    other = session_factory(["/bin/true"], auto_proceed=True)
+    assert other.wait(timeout=10) == linx.Exited(code=0)
 
 
 def test_an_owner_calling_wait_gets_an_error_before_the_outcome_and_the_outcome_after(
