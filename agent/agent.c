@@ -558,8 +558,6 @@ int agent_main(int ctl_fd)
 	memset(&s, 0, sizeof(s));
 	chan_init(&s.ch, ctl_fd);
 	s.child = (struct child)CHILD_NONE;
-	/* a dead child's release pipe, or a gone Python, must be an EPIPE, not a signal */
-	signal(SIGPIPE, SIG_IGN);
 
 	while (!s.done) {
 		if (!holding(&s))

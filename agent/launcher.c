@@ -246,11 +246,6 @@ int launcher_main(int ctl_fd)
 	/* the Python parent may have leaked inheritable fds to us */
 	if (close_range((unsigned)ctl_fd + 1, ~0U, 0) < 0)
 		diag("close_range", errno);
-	/* a Ctrl-C on the terminal is for the Python program, not for us or the agents (which
-	 * inherit this); the workload resets every disposition before execve */
-	static const int ignored[] = AGENT_IGNORED_SIGNALS;
-	for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++)
-		signal(ignored[i], SIG_IGN);
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) {

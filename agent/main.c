@@ -33,6 +33,12 @@ int main(int argc, char **argv)
 		diag("reset signals", err);
 		return 1;
 	}
+	/* the terminal's signals are for the Python program, not for us or the agents (which
+	 * inherit this); the workload restores every one of them before execve */
+	if ((err = ignore_agent_signals())) {
+		diag("ignore signals", err);
+		return 1;
+	}
 	if ((err = ensure_std_fds())) {
 		diag("stdio", err);
 		return 1;

@@ -130,3 +130,14 @@ int reset_all_signals(void)
 	}
 	return 0;
 }
+
+int ignore_agent_signals(void)
+{
+	static const int ignored[] = AGENT_IGNORED_SIGNALS;
+
+	for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); i++) {
+		if (signal(ignored[i], SIG_IGN) == SIG_ERR)
+			return errno;
+	}
+	return 0;
+}

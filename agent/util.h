@@ -74,9 +74,14 @@ void diag(const char *stage, int err);
  * errno. */
 int reset_all_signals(void);
 
-/* The signals the launcher and agents ignore; the child restores exactly these. A Ctrl-C
- * on the terminal is for the Python program, not for us; SIGPIPE must be an EPIPE. */
-#define AGENT_IGNORED_SIGNALS { SIGINT, SIGQUIT, SIGPIPE }
+/* The signals the launcher and agents ignore; the child restores exactly these. What the
+ * terminal sends its foreground process group (Ctrl-C, Ctrl-\, Ctrl-Z, and the stops for
+ * a background job touching it) is for the Python program and the workloads: killed or
+ * stopped, we would take every session with us. SIGPIPE must be an EPIPE. */
+#define AGENT_IGNORED_SIGNALS { SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGPIPE }
+
+/* Sets AGENT_IGNORED_SIGNALS to SIG_IGN. Returns 0 or an errno. */
+int ignore_agent_signals(void);
 
 /* One signal's disposition to SIG_DFL by the raw syscall (no libc bookkeeping). */
 int default_signal(int signum);

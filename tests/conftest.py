@@ -200,8 +200,10 @@ def run_python(
     timeout: float = 60.0,
     env: dict[str, str] | None = None,
     stdin: int | None = None,
+    process_group: int | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter importing this checkout's linx (optionally as `user`)."""
+    """Run `code` in a fresh interpreter importing this checkout's linx (optionally as `user`,
+    or in a process group of its own with `process_group=0`)."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), full_env.get("PYTHONPATH", "")])
     return subprocess.run(
@@ -214,6 +216,7 @@ def run_python(
         user=user,
         group=user,
         extra_groups=[] if user is not None else None,
+        process_group=process_group,
         cwd="/",
     )
 

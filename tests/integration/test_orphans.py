@@ -17,7 +17,7 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import ROOT, expect, pid_alive, wait_until
+from tests.conftest import ROOT, expect, pid_alive, run_python, wait_until
 
 # A Python process that starts three running workloads, prints their host pids, then waits
 # to be killed. argv[1] is the orphan policy: "default" or "linger".
@@ -178,3 +178,36 @@ def test_sigkilled_launcher_leaves_running_sessions_alone_and_is_replaced() -> N
     replacement = get_runtime()._launcher
     assert replacement is not None and replacement.alive
     assert replacement.pid != launcher.pid
+
+
+# A program run from a terminal that handles Ctrl-C and ignores Ctrl-Z itself. The terminal
+# sends SIGINT and SIGTSTP to the whole foreground process group, which holds linx's
+# launcher and agents too. Killed or stopped, they would take the program's sessions with
+# them; ignoring both, they leave each signal to the workload and the program.
+TERMINAL_SIGNALS_PROGRAM = """
+    import os, signal
+    import linx
+
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    read_end, write_end = os.pipe()
+    session = linx.spawn(
+        ["/bin/sh", "-c", "trap '' INT TSTP; echo armed; sleep 1; exit 7"],
+        stdio={"stdout": write_end},
+        auto_proceed=True,
+    )
+    os.close(write_end)
+    assert os.read(read_end, 100) == b"armed\\n"
+    os.killpg(0, signal.SIGINT)
+    os.killpg(0, signal.SIGTSTP)
+    print(session.wait(timeout=10))
+    print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+"""
+
+
+def test_ctrl_c_and_ctrl_z_on_the_process_group_leave_linx_running() -> None:
+    # A group of its own whose parent (this test) is in another group of the same session,
+    # as a shell job is: the kernel drops stop signals sent to an orphaned group.
+    result = run_python(TERMINAL_SIGNALS_PROGRAM, process_group=0)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Exited(code=7)", "Exited(code=0)"]
