@@ -138,7 +138,8 @@ def test_command_over_the_cap_tears_the_session_down(agent: RawAgent) -> None:
 
 
 def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) -> None:
-    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"exit 4")))
+    # the workload outlives the command's arrival: after the outcome there is no notice
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"sleep 0.3; exit 4")))
     agent.send(struct.pack("<IH", 2, 0x0777))
     messages = agent.messages()
     notices = [m for m in messages if isinstance(m, _wire.Notice)]
