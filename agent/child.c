@@ -112,7 +112,7 @@ CHILD_CODE static int step_no_new_privs(const struct child_plan *p)
 
 /* Ignored signals and the mask survive execve; the workload starts clean. linx-agent reset
  * every disposition when it started (reset_all_signals), so only the ones it ignores since
- * are left to undo: six syscalls instead of sixty-four on the spawn path. */
+ * are left to undo: eight syscalls instead of sixty-four on the spawn path. */
 CHILD_CODE static int step_signals(const struct child_plan *p)
 {
 	static const int ignored[] = AGENT_IGNORED_SIGNALS;

@@ -74,11 +74,15 @@ void diag(const char *stage, int err);
  * errno. */
 int reset_all_signals(void);
 
-/* The signals the launcher and agents ignore; the child restores exactly these. What the
- * terminal sends its foreground process group (Ctrl-C, Ctrl-\, Ctrl-Z, and the stops for
- * a background job touching it) is for the Python program and the workloads: killed or
- * stopped, we would take every session with us. SIGPIPE must be an EPIPE. */
-#define AGENT_IGNORED_SIGNALS { SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGPIPE }
+/* The signals the launcher and agents ignore; the child restores exactly these. What a
+ * terminal sends its foreground process group (Ctrl-C, Ctrl-\, Ctrl-Z, the stops of a
+ * background job, the hang-up) and a supervisor sends every process of a service
+ * (SIGTERM) is for the Python program and the workloads: killed or stopped, we would take
+ * every session with us, a dead agent's workload SIGKILLed at once. Our lives follow the
+ * control channel instead (orphan policy); SIGKILL still ends us. SIGPIPE must be an
+ * EPIPE. */
+#define AGENT_IGNORED_SIGNALS                                                                   \
+	{ SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU, SIGPIPE }
 
 /* Sets AGENT_IGNORED_SIGNALS to SIG_IGN. Returns 0 or an errno. */
 int ignore_agent_signals(void);

@@ -180,34 +180,39 @@ def test_sigkilled_launcher_leaves_running_sessions_alone_and_is_replaced() -> N
     assert replacement.pid != launcher.pid
 
 
-# A program run from a terminal that handles Ctrl-C and ignores Ctrl-Z itself. The terminal
-# sends SIGINT and SIGTSTP to the whole foreground process group, which holds linx's
-# launcher and agents too. Killed or stopped, they would take the program's sessions with
-# them; ignoring both, they leave each signal to the workload and the program.
-TERMINAL_SIGNALS_PROGRAM = """
+# A program in a process group of its own, as a shell job or a service is. It handles or
+# ignores what a terminal (Ctrl-C, Ctrl-Z, hang-up: `nohup`) or a supervisor (SIGTERM to
+# every process of a service) sends the whole group, and so does its workload, which stops
+# on its own terms at SIGTERM. linx's launcher and agents are in that group too. Killed or
+# stopped by these signals, they would take the sessions with them: a dead agent's
+# workload is SIGKILLed at once.
+GROUP_SIGNALS_PROGRAM = """
     import os, signal
     import linx
 
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     read_end, write_end = os.pipe()
     session = linx.spawn(
-        ["/bin/sh", "-c", "trap '' INT TSTP; echo armed; sleep 1; exit 7"],
+        ["/bin/sh", "-c",
+         "trap '' INT TSTP HUP; trap 'exit 7' TERM; echo armed; while :; do sleep 0.05; done"],
         stdio={"stdout": write_end},
         auto_proceed=True,
     )
     os.close(write_end)
     assert os.read(read_end, 100) == b"armed\\n"
-    os.killpg(0, signal.SIGINT)
-    os.killpg(0, signal.SIGTSTP)
+    for signum in (signal.SIGINT, signal.SIGTSTP, signal.SIGHUP, signal.SIGTERM):
+        os.killpg(0, signum)
     print(session.wait(timeout=10))
     print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
 """
 
 
-def test_ctrl_c_and_ctrl_z_on_the_process_group_leave_linx_running() -> None:
+def test_signals_to_the_process_group_are_for_the_program_and_its_workload() -> None:
     # A group of its own whose parent (this test) is in another group of the same session,
     # as a shell job is: the kernel drops stop signals sent to an orphaned group.
-    result = run_python(TERMINAL_SIGNALS_PROGRAM, process_group=0)
+    result = run_python(GROUP_SIGNALS_PROGRAM, process_group=0)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["Exited(code=7)", "Exited(code=0)"]
