@@ -29,7 +29,10 @@ from .events import Event, Outcome
 log = logging.getLogger("linx")
 
 STATUS_GRACE = 2.0  # seconds to wait for the launcher's word on a vanished agent
-Result = Outcome | ProcessError
+Result = Outcome | ProcessError | NoProcess
+# The outcome of a session released before its agent said how it ended (a close() that
+# gave up waiting): threads still in wait() get NoProcess rather than waiting for ever.
+RELEASED_UNSETTLED = NoProcess("the session was closed before its outcome was known")
 
 
 class _Outgoing:
@@ -160,6 +163,17 @@ class Channel:
                 return  # released already (see _release)
         self._reactor.call_soon(self._release)
 
+    def finish_close_later(self, timeout: float) -> None:
+        """`finish_close` for a close() in the reactor thread (an owner), which cannot wait
+        for the outcome: that thread is the one that brings it. Closed to the verbs now;
+        the channel stays open for the outcome that the kill from `begin_close` brings (its
+        terminal step releases it), and is released after `timeout` seconds without one."""
+        with self._lock:
+            self.closed = True
+            if self.state.terminal:
+                return
+        self._reactor.call_later(timeout, self._release)
+
     def abandon(self) -> None:
         """The session object was dropped: close the channel; the agent's orphan policy acts."""
         with self._lock:
@@ -179,6 +193,7 @@ class Channel:
         # it just as the caller, done with one session, starts the next.
         self._close_socket()
         self.on_terminal()
+        self.outcome.set(RELEASED_UNSETTLED)  # no-op once the outcome is known
 
     def forget_in_child(self) -> None:
         """In a forked child: this channel belongs to the parent. Takes no lock (see caller)."""

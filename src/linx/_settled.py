@@ -48,6 +48,11 @@ class Settled(Generic[T]):
             if future.set_running_or_notify_cancel():  # False: its waiter gave up on it
                 future.set_result(value)
 
+    @property
+    def done(self) -> bool:
+        """Whether the value is set (`wait` then returns it at once)."""
+        return self._done
+
     def wait(self, timeout: float | None = None) -> T:
         """The value; raises `TimeoutError` if `timeout` seconds pass first."""
         if self._done:  # set after `_value`, so a reader that sees it sees the value

@@ -78,6 +78,10 @@ class Session:
         channel = self._core._channel
         if channel.closed:
             raise NoProcess("the session is closed")
+        if channel.outcome.done:
+            # wrap_future completes only on a later round of the loop, and wait_for with a
+            # timeout of 0 would not give it that round: wait(0) must poll
+            return _unwrap(channel.outcome.wait(0))
         future = asyncio.wrap_future(channel.outcome.future())
         return _unwrap(await asyncio.wait_for(future, timeout))
 

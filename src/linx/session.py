@@ -227,16 +227,21 @@ class Session:
     def close(self) -> None:
         """End the session: abort a parked child or kill a running workload, then release.
 
-        Returns once the workload is reaped. Idempotent.
+        Returns once the workload is reaped; in an owner (the reactor thread, which brings
+        the outcome), at once, and the outcome follows as usual. A session whose agent does
+        not answer within `CLOSE_TIMEOUT` seconds is released anyway, and threads still in
+        `wait()` then raise `NoProcess`. Idempotent.
         """
         channel = self._channel
         if not channel.begin_close():
             return
-        if not get_runtime().reactor.in_reactor_thread():
-            try:
-                channel.outcome.wait(CLOSE_TIMEOUT)
-            except TimeoutError:
-                log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
+        if get_runtime().reactor.in_reactor_thread():
+            channel.finish_close_later(CLOSE_TIMEOUT)  # an owner: see finish_close_later
+            return
+        try:
+            channel.outcome.wait(CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
         channel.finish_close()
 
     def __enter__(self) -> Session:
@@ -291,10 +296,12 @@ def _require_pty(state: SessionState) -> None:
     state.require_pty()
 
 
-def _unwrap(result: Outcome | ProcessError) -> Outcome:
+def _unwrap(result: Outcome | ProcessError | NoProcess) -> Outcome:
+    # A fresh exception per waiter: threads raising one object would share a traceback.
     if isinstance(result, ProcessError):
-        # A fresh exception per waiter: threads raising one object would share a traceback.
         raise ProcessError(result.stage, result.code)
+    if isinstance(result, NoProcess):
+        raise NoProcess(*result.args)
     return result
 
 

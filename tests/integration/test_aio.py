@@ -98,6 +98,21 @@ def test_aio_wait_timeout_raises_timeout_error_and_leaves_the_session_alive() ->
     asyncio.run(main())
 
 
+def test_aio_wait_zero_polls_as_the_sync_wait_does() -> None:
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
+            await _running(session)
+            with pytest.raises(TimeoutError):
+                await session.wait(0)
+            session.signal(15)
+            assert await session.wait() == linx.Signaled(signum=15)
+            # known now: a timeout of 0 (or less) answers at once, not TimeoutError
+            assert await session.wait(0) == linx.Signaled(signum=15)
+            assert await session.wait(-1) == linx.Signaled(signum=15)
+
+    asyncio.run(main())
+
+
 def test_aio_cancelling_one_waiter_does_not_disturb_another() -> None:
     async def main() -> None:
         async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:

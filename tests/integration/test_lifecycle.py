@@ -593,6 +593,74 @@ def test_an_owner_calling_wait_gets_an_error_before_the_outcome_and_the_outcome_
     assert answers[-1] == ("Exited", linx.Exited(code=6))
 
 
+def _waiting_thread(session: linx.Session) -> tuple[threading.Thread, list[object]]:
+    """A thread blocked in `session.wait()`; the list gets its outcome or exception."""
+    answers: list[object] = []
+
+    def wait() -> None:
+        try:
+            answers.append(session.wait())
+        except Exception as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, answers
+
+
+@pytest.mark.parametrize(
+    ("closed_on", "outcome"),
+    [(linx.Ready, linx.Aborted()), (linx.Running, linx.Signaled(signum=signal.SIGKILL))],
+    ids=["parked", "running"],
+)
+def test_close_in_an_owner_still_brings_the_outcome_to_waiters_and_owner(
+    closed_on: type[linx.Event], outcome: linx.Outcome
+) -> None:
+    # The owner's thread is the one that brings the outcome, so close() there cannot wait
+    # for it; it must not release the session before it comes either.
+    received: list[linx.Event] = []
+
+    def owner(event: linx.Event) -> None:
+        received.append(event)
+        if isinstance(event, closed_on):
+            session = event.session
+            assert session is not None
+            # held (in the test only) until the thread below is blocked in wait()
+            assert wait_until(lambda: bool(session._channel.outcome._waiters))
+            session.close()
+
+    session = linx.spawn(["/bin/sleep", "30"], owner=owner, auto_proceed=closed_on is linx.Running)
+    thread, answers = _waiting_thread(session)
+    thread.join(15)
+    assert answers == [outcome]
+    assert received[-1] == outcome
+    assert sum(isinstance(e, linx.Outcome) for e in received) == 1
+    with pytest.raises(linx.NoProcess):
+        session.wait(0)
+    assert session.host_pid is not None and not pid_alive(session.host_pid)
+
+
+def test_a_close_that_gives_up_on_a_stuck_agent_wakes_the_waiters_with_no_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(linx.session, "CLOSE_TIMEOUT", 0.5)
+    session = linx.spawn(["/bin/sleep", "30"], auto_proceed=True)
+    expect(session, linx.Ready)
+    expect(session, linx.Running)
+    agent_pid = session._channel.state.agent_pid
+    assert agent_pid is not None
+    os.kill(agent_pid, signal.SIGSTOP)  # it can no longer answer the kill
+    try:
+        thread, answers = _waiting_thread(session)
+        assert wait_until(lambda: bool(session._channel.outcome._waiters))
+        session.close()
+        thread.join(10)
+        assert len(answers) == 1 and isinstance(answers[0], linx.NoProcess), answers
+    finally:
+        os.kill(agent_pid, signal.SIGCONT)  # it finds its channel closed: orphan policy
+    assert wait_until(lambda: not pid_alive(agent_pid))
+
+
 def test_once_wait_returns_the_default_queue_holds_the_terminal_event() -> None:
     # The terminal event is handed to the owner before the outcome is set (design.md).
     for _ in range(50):
