@@ -9,6 +9,7 @@ and `getcwd`.
 from __future__ import annotations
 
 import enum
+import errno
 import math
 import os
 import sys
@@ -49,6 +50,11 @@ CLONE_FLAGS: dict[Namespace, int] = {
 HOST_NAME_MAX = 64
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 MAX_SIGNAL = 64
+MAX_GROUPS = 65536  # the kernel's NGROUPS_MAX
+MAX_FD = 2**31 - 1
+# Far beyond any use, and small enough that the agent's deadline arithmetic in
+# nanoseconds cannot overflow.
+MAX_ORPHAN_GRACE = 2**31 - 1
 StdioValue: TypeAlias = Any
 StdioSpec: TypeAlias = str | Mapping[str, StdioValue]
 _STDIO_NAMES = ("stdin", "stdout", "stderr")
@@ -228,13 +234,19 @@ def _env(env: object) -> tuple[bytes, ...]:
     return items
 
 
-def _cwd(cwd: object) -> bytes | None:
+def _cwd(cwd: object) -> bytes:
     if cwd is not None:
         return _absolute_path("cwd", cwd)
     try:
         return os.getcwdb()
     except FileNotFoundError:
-        return None  # the caller's cwd was removed: leave the agent's
+        # Never the launcher's directory instead: a workload acting on relative paths
+        # would act somewhere unrelated.
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "linx: the current directory no longer exists, so the workload cannot inherit "
+            "it; pass cwd=",
+        ) from None
 
 
 def _absolute_path(name: str, value: object) -> bytes:
@@ -264,8 +276,10 @@ def _orphan_policy(policy: object) -> tuple[int | None, int | None]:
         grace = policy[1]
         if not isinstance(grace, int | float) or isinstance(grace, bool):
             raise TypeError(f"orphan_policy grace must be a number of seconds, not {grace!r}")
-        if not math.isfinite(grace) or grace < 0:
-            raise ValueError(f"orphan_policy grace must be finite and >= 0, not {grace!r}")
+        if not math.isfinite(grace) or not 0 <= grace <= MAX_ORPHAN_GRACE:
+            raise ValueError(
+                f"orphan_policy grace must be from 0 to {MAX_ORPHAN_GRACE} seconds, not {grace!r}"
+            )
         return round(grace * 1000), None
     raise ValueError(f"orphan_policy must be 'linger' or ('kill', seconds), not {policy!r}")
 
@@ -291,7 +305,10 @@ def _id_map(name: str, entries: object) -> bytes:
 def _groups(groups: object) -> bytes:
     if isinstance(groups, str | bytes) or not isinstance(groups, Iterable):
         raise TypeError(f"groups must be a sequence of gids, not {groups!r}")
-    return b"".join(_id("groups entry", g).to_bytes(4, "little") for g in groups)
+    encoded = b"".join(_id("groups entry", g).to_bytes(4, "little") for g in groups)
+    if len(encoded) > 4 * MAX_GROUPS:
+        raise ValueError(f"groups has {len(encoded) // 4} gids; the kernel allows {MAX_GROUPS}")
+    return encoded
 
 
 def _owner(owner: object) -> None:
@@ -421,10 +438,13 @@ def _fileno(name: str, value: StdioValue) -> int:
     if isinstance(value, int):
         fd = value
     elif callable(getattr(value, "fileno", None)):
-        fd = value.fileno()
+        try:
+            fd = value.fileno()
+        except (OSError, ValueError) as exc:  # a closed file, StringIO's UnsupportedOperation
+            raise ValueError(f"stdio[{name!r}]: {value!r} has no file descriptor: {exc}") from exc
     else:
         raise TypeError(f"stdio[{name!r}]: {value!r} is not a directive, an fd or a file")
-    if not isinstance(fd, int) or fd < 0:
+    if not isinstance(fd, int) or isinstance(fd, bool) or not 0 <= fd <= MAX_FD:
         raise ValueError(f"stdio[{name!r}]: invalid file descriptor {fd!r}")
     return fd
 
@@ -451,7 +471,11 @@ def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) 
     fd = target if value == "inherit" else _fileno(name, value)
     try:
         copy = _fds.duplicate(fd)  # never 0-2: the next target must see those as they are
-    except OSError:
+    except OSError as exc:
+        if exc.errno != errno.EBADF:  # out of fds, say: not the workload's to go without
+            raise OSError(
+                exc.errno, f"linx: stdio[{name!r}]: copying fd {fd} failed: {exc.strerror}"
+            ) from exc
         if value == "inherit":
             return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's
         raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from ._options import Namespace
@@ -25,6 +25,7 @@ from .errors import NoProcess, ProcessError
 from .events import Aborted, Event, Exited, Failed, Signaled
 from .session import spawn
 
+EXIT_USAGE = 2  # as argparse exits for the options it checks itself
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_FOUND = 127  # as a shell says it
 # Default seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the
@@ -43,7 +44,8 @@ examples:
 A command without a slash is searched in the workload's PATH (see --env, --clear-env);
 a relative one is taken from the workload's working directory (--cwd, or yours).
 The exit status is the workload's, 128+N if signal N killed it, 125 if it never ran (the
-failing stage and errno are printed on stderr), and 127 if the command is not found.
+failing stage and errno are printed on stderr), 127 if the command is not found, and 2
+for a bad command line.
 
 Signals: Ctrl-C reaches the workload from the terminal. SIGTERM or SIGHUP sent to linx
 is passed on, and a workload still running --stop-grace seconds later (5 by default) is
@@ -115,7 +117,7 @@ def _id_map(option: str, lines: list[str]) -> list[tuple[int, int, int]]:
     for line in lines:
         parts = line.split(":")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise SystemExit(f"linx: {option} takes INSIDE:OUTSIDE:COUNT, not {line!r}")
+            _usage_error(f"{option} takes INSIDE:OUTSIDE:COUNT, not {line!r}")
         entries.append((int(parts[0]), int(parts[1]), int(parts[2])))
     return entries
 
@@ -135,7 +137,7 @@ def _spawn_options(args: argparse.Namespace) -> dict[str, Any]:
     for entry in args.env:
         key, sep, value = entry.partition("=")
         if not sep or not key:
-            raise SystemExit(f"linx: --env takes KEY=VALUE, not {entry!r}")
+            _usage_error(f"--env takes KEY=VALUE, not {entry!r}")
         env[key] = value
     return {
         "namespaces": sorted(namespaces),
@@ -161,19 +163,20 @@ def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
             return None
         command = found
     # No normalising: "a/../b" is the kernel's to resolve, through any symlink "a" is.
-    return os.path.join(os.getcwd(), cwd or "", command)  # an absolute part wins
+    path = os.path.join(cwd or "", command)  # an absolute part wins
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
 
 
 def run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
-        raise SystemExit("linx run: no command given (put it after --)")
+        _usage_error("no command given (put it after --)")
     options = _spawn_options(args)
-    command = _resolve(argv[0], options["env"], args.cwd)
-    if command is None:
-        print(f"linx run: {argv[0]}: command not found", file=sys.stderr)
-        return EXIT_NOT_FOUND
     try:
+        command = _resolve(argv[0], options["env"], args.cwd)
+        if command is None:
+            print(f"linx run: {argv[0]}: command not found", file=sys.stderr)
+            return EXIT_NOT_FOUND
         session = spawn(
             [command, *argv[1:]],
             auto_proceed=True,
@@ -181,7 +184,10 @@ def run(args: argparse.Namespace) -> int:
             **options,
         )
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"linx run: {exc}") from None
+        _usage_error(str(exc))
+    except OSError as exc:  # before any process: out of fds, the current directory removed
+        print(f"linx run: {exc}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     with session:
         escalation = _forward_signals(session, args.stop_grace)
         try:
@@ -192,6 +198,13 @@ def run(args: argparse.Namespace) -> int:
         finally:
             escalation.cancel()
     return _exit_status(outcome)
+
+
+def _usage_error(message: str) -> NoReturn:
+    """A bad command line: exits 2, as argparse does, so that it is never taken for the
+    workload's own status."""
+    print(f"linx run: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 def _exit_status(outcome: Event) -> int:

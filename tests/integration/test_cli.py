@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,28 @@ def test_run_finds_a_command_in_path_as_a_shell_would() -> None:
     assert (both.returncode, both.stdout) == (0, "both-relative\n"), both.stderr
 
 
+def test_run_in_a_removed_directory_exits_125_unless_given_a_cwd(tmp_path: Path) -> None:
+    def run_in_removed_directory(*args: str) -> subprocess.CompletedProcess[str]:
+        script = 'mkdir gone && cd gone && rmdir ../gone && exec "$@"'
+        python = [sys.executable, "-m", "linx", "run", *args]
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        return subprocess.run(
+            ["/bin/sh", "-c", script, "sh", *python],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=tmp_path,
+        )
+
+    done = run_in_removed_directory("--", "/bin/true")
+    assert done.returncode == 125, done.stderr
+    assert "current directory no longer exists" in done.stderr
+    assert "Traceback" not in done.stderr
+    given = run_in_removed_directory("--cwd", "/", "--", "pwd")
+    assert (given.returncode, given.stdout) == (0, "/\n"), given.stderr
+
+
 def test_run_exits_127_when_the_command_is_not_found() -> None:
     done = linx_cli("run", "--env", "PATH=/nonexistent", "--", "echo", "x")
     assert done.returncode == 127
@@ -115,14 +138,21 @@ def test_help_exits_0_and_run_help_documents_ns() -> None:
 def test_run_without_a_command_fails_with_a_message() -> None:
     for args in (["run"], ["run", "--"], ["run", "--ns", "pid"]):
         done = linx_cli(*args)
-        assert done.returncode != 0, args
+        assert done.returncode == 2, args
         assert "no command" in done.stderr, (args, done.stderr)
 
 
-def test_run_with_a_bad_option_value_fails_with_a_message_and_no_traceback() -> None:
-    done = linx_cli("run", "--ns", "bogus", "--", "/bin/true")
-    assert done.returncode not in (0, 125), done.stderr
-    assert "bogus" in done.stderr
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--ns", "bogus"), ("--env", "NOEQUALS"), ("--uid-map", "0:0"), ("--hostname", "h" * 65)],
+)
+def test_run_with_a_bad_option_value_exits_2_with_a_message_and_no_traceback(
+    option: str, value: str
+) -> None:
+    # 2, as argparse exits: never a status the workload could have given (1, say)
+    done = linx_cli("run", option, value, "--", "/bin/true")
+    assert done.returncode == 2, done.stderr
+    assert value in done.stderr or repr(value) in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -103,6 +103,23 @@ def test_a_relative_cwd_is_taken_from_the_callers_directory_now(
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
+def test_a_removed_current_directory_is_an_error_not_the_launchers_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The launcher's directory is wherever this process was when it started: a workload
+    # sent there would act on relative paths somewhere unrelated.
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher exists
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(FileNotFoundError, match=r"current directory no longer exists.*cwd="):
+        linx.spawn(["/bin/pwd"], auto_proceed=True)
+    session, out = capture_stdout(linx.spawn, ["/bin/pwd"], cwd="/", auto_proceed=True)
+    assert out == b"/\n"
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
 @pytest.mark.parametrize("stage", ["execve", "chdir"])
 def test_a_pre_exec_failure_leaves_no_zombie_and_no_process(
     session_factory: Factory, tmp_path: Path, stage: str

@@ -68,6 +68,16 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ),
     ("stdio-closed-fd", "stdio", "ValueError", "CLOSED_FD", "spawn(T, stdio={'stdout': v})"),
     ("stdio-negative-fd", "stdio", "ValueError", "-1", "spawn(T, stdio={'stderr': v})"),
+    ("stdio-fd-too-big", "stdio", "ValueError", "2**31", "spawn(T, stdio={'stdout': v})"),
+    ("stdio-fd-huge", "stdio", "ValueError", "2**63", "spawn(T, stdio={'stdin': v})"),
+    ("stdio-closed-file", "stdio", "ValueError", "CLOSED_FILE", "spawn(T, stdio={'stdout': v})"),
+    (
+        "stdio-file-without-fd",
+        "stdio",
+        "ValueError",
+        "__import__('io').StringIO()",
+        "spawn(T, stdio={'stdout': v})",
+    ),
     ("stdio-bool-fd", "stdio", "TypeError", "True", "spawn(T, stdio={'stdout': v})"),
     ("stdio-float-fd", "stdio", "TypeError", "1.5", "spawn(T, stdio={'stdout': v})"),
     ("stdio-pty-not-yet-supported", "stdio", "ValueError", "'pty'", "spawn(T, stdio=v)"),
@@ -123,6 +133,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
         "spawn(T, orphan_policy=('kill', v))",
     ),
     (
+        "orphan-policy-huge-grace",
+        "orphan_policy",
+        "ValueError",
+        "1e300",
+        "spawn(T, orphan_policy=('kill', v))",
+    ),
+    (
         "orphan-policy-str-grace",
         "orphan_policy",
         "TypeError",
@@ -171,6 +188,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("groups-negative-item", "groups", "ValueError", "-1", "spawn(T, groups=[0, v])"),
     ("groups-bool-item", "groups", "TypeError", "True", "spawn(T, groups=[v])"),
     ("groups-not-a-list", "groups", "TypeError", "5", "spawn(T, groups=v)"),
+    ("groups-too-many", "groups", "ValueError", "65537", "spawn(T, groups=[0] * v)"),
 ]
 
 # signal() on a live session, both parked at the checkpoint and running.
@@ -200,6 +218,8 @@ class NotCallablePut:
 
 CLOSED_FD = os.open("/dev/null", os.O_RDONLY)
 os.close(CLOSED_FD)
+CLOSED_FILE = open("/dev/null")
+CLOSED_FILE.close()
 
 def children():
     found = []

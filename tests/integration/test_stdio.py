@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import capture_stdout, expect, pid_alive, read_to_eof, wait_until
+from tests.conftest import (
+    capture_stdout,
+    expect,
+    pid_alive,
+    read_to_eof,
+    run_python,
+    wait_until,
+)
 
 Factory = Callable[..., linx.Session]
 
@@ -234,3 +241,37 @@ def test_the_workload_holds_only_fds_0_1_2_with_default_stdio(session_factory: F
     expect(session, linx.Running)
     assert wait_until(lambda: only_stdio_open(ready.host_pid), timeout=3)
     assert Path(f"/proc/{ready.host_pid}/comm").read_text() == "sleep\n"
+
+
+# A process at its fd limit: copying its stdio for "inherit" fails with EMFILE. That must be
+# an error, not a workload whose stdout and stderr are quietly closed; and linx goes on
+# once fds are free again.
+OUT_OF_FDS_PROGRAM = """
+    import errno, os, resource
+    import linx
+
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # launcher and spare exist
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    filler = []
+    try:
+        while True:
+            filler.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    os.close(filler.pop())  # one fd free: the first stdio copy fits, the second does not
+    try:
+        linx.spawn(["/bin/true"], auto_proceed=True)
+    except OSError as exc:
+        print(errno.errorcode[exc.errno], "stdio" in str(exc), flush=True)
+    else:
+        print("no error", flush=True)
+    for fd in filler:
+        os.close(fd)
+    print(linx.spawn(["/bin/echo", "back"], auto_proceed=True).wait(timeout=10))
+"""
+
+
+def test_running_out_of_fds_for_inherited_stdio_is_an_error() -> None:
+    result = run_python(OUT_OF_FDS_PROGRAM)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["EMFILE True", "back", "Exited(code=0)"]
