@@ -624,7 +624,7 @@ def test_close_in_an_owner_still_brings_the_outcome_to_waiters_and_owner(
         received.append(event)
         if isinstance(event, closed_on):
             session = event.session
-            assert session is not None
+            assert isinstance(session, linx.Session)
             # held (in the test only) until the thread below is blocked in wait()
             assert wait_until(lambda: bool(session._channel.outcome._waiters))
             session.close()
