@@ -238,8 +238,9 @@ static void parse_ready(struct session *s, int eof)
 	on_ready(s, rec.value);
 }
 
-/* At EOF after release: 'E' alone means execve worked; any error record wins (execve
- * itself fails after 'E'); anything else means the child died on the way. */
+/* At EOF after release: 'E' alone means the child reached execve, and it worked unless the
+ * child died on its way in (child_exec_took); any error record wins (execve itself fails
+ * after 'E'); anything else means the child died on the way. */
 static void exec_outcome(struct session *s)
 {
 	struct report_rec rec, err_rec;
@@ -267,6 +268,12 @@ static void exec_outcome(struct session *s)
 	}
 	if (bad || !saw_exec) {
 		fail(s, "exec_outcome", bad ? EPROTO : EIO);
+		return;
+	}
+	int took = child_exec_took(&s->child);
+	if (took <= 0) {
+		/* killed between its 'E' and execve: it never ran, so no RUNNING */
+		fail(s, "exec_outcome", took ? -took : EIO);
 		return;
 	}
 	close_fd(&s->child.report_rd);

@@ -24,6 +24,11 @@ struct child_plan {
 				 * ours to write (spawn.c took this path only if we can) */
 };
 
+/* The name (comm) the child takes right before it reports 'E'. execve names a process
+ * after its file's basename, which never holds a '/': a dead child still called this never
+ * got through execve (spawn.c, child_exec_took). */
+#define CHILD_PRE_EXEC_NAME "linx/pre-exec"
+
 _Noreturn void child_main(const struct child_plan *p);
 
 /* child_main for glibc's clone(): arg is the plan. */

@@ -314,6 +314,29 @@ void child_release_ns(struct child *c)
 	close_fd(&c->mnt_ns);
 }
 
+int child_exec_took(const struct child *c)
+{
+	siginfo_t si = { 0 };
+	char path[64], name[sizeof(CHILD_PRE_EXEC_NAME) + 1];
+
+	/* alive: only execve closes its CLOEXEC end of the pipe while it lives */
+	if (waitid(P_PIDFD, (id_t)c->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
+		return -errno;
+	if (si.si_pid == 0)
+		return 1;
+	/* dead, not reaped yet (WNOWAIT): a zombie keeps its last name */
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)c->pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read_some(fd, name, sizeof(name));
+	close(fd);
+	if (n < 0)
+		return (int)n;
+	static const char pre_exec[] = CHILD_PRE_EXEC_NAME "\n";
+	return !((size_t)n == sizeof(pre_exec) - 1 && memcmp(name, pre_exec, (size_t)n) == 0);
+}
+
 void child_kill(struct child *c)
 {
 	if (c->pid <= 0)

@@ -43,6 +43,11 @@ int spawn_hold_mnt_ns(struct child *c);
 /* Drops that reference; for once the terminal frame is written. */
 void child_release_ns(struct child *c);
 
+/* After 'E' and the report pipe's EOF: 1 if the child got through execve, 0 if it died
+ * on its way in (killed between the 'E' and execve's point of no return), or a negative
+ * errno if that cannot be told. */
+int child_exec_took(const struct child *c);
+
 /* SIGKILL via the pidfd. */
 void child_kill(struct child *c);
 /* Waits for the child and closes our ends; returns its wait status. */

@@ -292,3 +292,49 @@ def test_the_agent_vforks_exactly_when_it_should(
     assert len(clones) == 1, clones
     flags = set(re.findall(r"CLONE_\w+", clones[0]))
     assert ({"CLONE_VM", "CLONE_VFORK"} <= flags) == vforked, clones[0]
+
+
+# --- a child killed on its way into execve ------------------------------------------------
+
+# strace kills every process on entry to an execve of the workload's file: the child has
+# written its exec marker and closes the report pipe by dying, as a successful exec would.
+STRACE_KILL_AT_EXEC = [
+    "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=execve",
+    "-e", "inject=execve:signal=KILL", "-P", "/usr/bin/sleep",
+]  # fmt: skip
+KILLED_AT_EXEC = """
+import json, linx
+session = linx.spawn(["/usr/bin/sleep", "5"], auto_proceed=AUTO)
+events = []
+if not AUTO:
+    events.append(session.events.get(timeout=20))
+    session.proceed()
+try:
+    session.wait(20)
+except linx.ProcessError:
+    pass
+events += [session.events.get_nowait() for _ in range(session.events.qsize())]
+print(json.dumps([[type(e).__name__, getattr(getattr(e, "error", None), "stage", None)]
+                  for e in events]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "auto"),
+    [("vfork", True), ("fork", True), ("fork", False)],
+    ids=["vfork", "fork-auto-proceed", "fork-proceed"],
+)
+def test_a_child_killed_on_its_way_into_execve_never_reports_running(path: str, auto: bool) -> None:
+    env = _env(PATHS[path])
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"  # no LSan under ptrace
+    code = f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC)
+    done = subprocess.run(
+        [*STRACE_KILL_AT_EXEC, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [["Ready", None], ["Failed", "exec_outcome"]]
