@@ -185,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as exc:
         _usage_error(str(exc))
+    except ProcessError as exc:  # the launcher could not start an agent
+        print(f"linx: {exc.describe()}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
     except OSError as exc:  # before any process: out of fds, the current directory removed
         print(f"linx run: {exc}", file=sys.stderr)
         return EXIT_SETUP_FAILED
