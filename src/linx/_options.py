@@ -51,6 +51,7 @@ HOST_NAME_MAX = 64
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 MAX_SIGNAL = 64
 MAX_GROUPS = 65536  # the kernel's NGROUPS_MAX
+ID_MAP_MAX_BYTES = 4096  # a uid_map/gid_map write must be shorter than a page
 MAX_FD = 2**31 - 1
 # Far beyond any use, and small enough that the agent's deadline arithmetic in
 # nanoseconds cannot overflow.
@@ -299,7 +300,13 @@ def _id_map(name: str, entries: object) -> bytes:
         raise ValueError(f"{name} must not be empty, got {entries!r}")
     if len(lines) > 340:
         raise ValueError(f"{name} has {len(lines)} entries; the kernel allows 340")
-    return "".join(lines).encode()
+    text = "".join(lines).encode()
+    if len(text) >= ID_MAP_MAX_BYTES:
+        raise ValueError(
+            f"{name} of {len(lines)} entries is {len(text)} bytes written out; the kernel "
+            f"takes under {ID_MAP_MAX_BYTES}"
+        )
+    return text
 
 
 def _groups(groups: object) -> bytes:

@@ -68,6 +68,15 @@ class Event:
         default=_SESSION, compare=False, repr=False, kw_only=True
     )
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (a multiprocessing.Queue owner, a result sent back from a worker), an
+        # event leaves its session behind: another process has no use for it, and a weak
+        # reference does not pickle. It arrives with `session` None.
+        return {k: v for k, v in self.__dict__.items() if k != "_session_ref"}
+
+    def __copy__(self) -> Event:
+        return self  # an immutable value: a copy of it is itself, session included
+
 
 @dataclass(frozen=True)
 class Ready(Event):

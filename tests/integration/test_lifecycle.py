@@ -9,6 +9,8 @@ assumption is involved.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.queues
 import os
 import queue
 import signal
@@ -696,6 +698,21 @@ def test_queue_owner_receives_every_event(session_factory: Factory) -> None:
     assert owner.get(timeout=10) == linx.Exited(code=2)
     with pytest.raises(queue.Empty):
         owner.get(timeout=0.3)
+
+
+def test_a_multiprocessing_queue_owner_receives_every_event(session_factory: Factory) -> None:
+    # Its put() pickles each event: one naming its (live) session must still pickle.
+    context = multiprocessing.get_context("spawn")
+    owner: multiprocessing.queues.Queue[linx.Event] = context.Queue()
+    try:
+        session_factory(["/bin/sh", "-c", "exit 2"], owner=owner, auto_proceed=True)
+        ready = owner.get(timeout=10)
+        assert isinstance(ready, linx.Ready) and ready.session is None  # left behind
+        assert owner.get(timeout=10) == linx.Running()
+        assert owner.get(timeout=10) == linx.Exited(code=2)
+    finally:
+        owner.close()
+        owner.join_thread()
 
 
 def test_default_queue_made_after_the_end_holds_every_event_in_order(

@@ -175,6 +175,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("uid-map-not-a-list", "uid_map", "TypeError", "'0 0 1'", "spawn(T, uid_map=v, **U)"),
     ("uid-map-str-item", "uid_map", "TypeError", "'0'", "spawn(T, uid_map=[(v, 0, 1)], **U)"),
     ("uid-map-empty", "uid_map", "ValueError", "[]", "spawn(T, uid_map=v, **U)"),
+    (
+        "uid-map-over-a-page",  # 180 lines of 24 bytes: under 340 lines, over 4 KiB
+        "uid_map",
+        "ValueError",
+        "180",
+        "spawn(T, uid_map=[(10**9 + i, 2 * 10**9 + i, 1) for i in range(v)], **U)",
+    ),
     ("gid-map-empty", "gid_map", "ValueError", "[]", "spawn(T, gid_map=v, **U)"),
     ("setgroups-bad-value", "setgroups", "ValueError", "'maybe'", "spawn(T, setgroups=v)"),
     ("uid-negative", "uid", "ValueError", "-1", "spawn(T, uid=v)"),

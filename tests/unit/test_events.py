@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 from typing import cast
@@ -61,3 +62,25 @@ def test_replace_keeps_the_session_and_a_sessionless_event_pickles() -> None:
     event = linx.Exited(1, session=session)
     assert dataclasses.replace(event, code=2).session is session
     assert pickle.loads(pickle.dumps(linx.Exited(5))) == linx.Exited(5)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        linx.Ready(7),
+        linx.Running(),
+        linx.Exited(3),
+        linx.Signaled(9),
+        linx.Aborted(),
+        linx.Failed(linx.ProcessError("execve", 2)),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_an_event_of_a_live_session_pickles_without_it_and_copies_with_it(
+    event: linx.Event,
+) -> None:
+    session = fake_session()
+    bound = dataclasses.replace(event, session=session)
+    restored = pickle.loads(pickle.dumps(bound))
+    assert restored == bound and restored.session is None
+    assert copy.copy(bound).session is session
