@@ -82,6 +82,8 @@ CHILD_CODE static int step_setgroups(const struct child_plan *p)
 {
 	if (p->req->has_groups && syscall(SYS_setgroups, p->req->ngroups, p->req->groups) < 0)
 		return errno;
+	if (p->clear_groups && syscall(SYS_setgroups, 0, NULL) < 0)
+		return errno;
 	return 0;
 }
 

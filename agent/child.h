@@ -19,6 +19,7 @@ struct child_plan {
 	int release_rd;		/* child's end of the release pipe; -1 when vforked */
 	int close_fds[4];	/* the agent's fds the child must not keep (-1: none) */
 	pid_t agent_pid;
+	int clear_groups;	/* no groups given, but a uid/gid: drop ours (spawn.c) */
 	int vforked;		/* clone(CLONE_VM | CLONE_VFORK): the agent is suspended until
 				 * we exec or exit, so there is no checkpoint, and the id maps are
 				 * ours to write (spawn.c took this path only if we can) */

@@ -174,6 +174,20 @@ static int setgroups_denied(const struct spawn_req *req)
 	return req->setgroups && req->setgroups_len == 4 && memcmp(req->setgroups, "deny", 4) == 0;
 }
 
+/* A uid or gid without groups: the workload must not keep the caller's supplementary
+ * groups (root's 0, disk, shadow...), so they are cleared, as runc does for process.user.
+ * Not when the ids stay ours (an unprivileged caller could not drop its groups, and drops
+ * no privilege), nor in a new user namespace unless setgroups is "allow": "deny" is there
+ * so that groups cannot be dropped, and without a gid_map there is none to set. */
+static int clears_groups(const struct spawn_req *req)
+{
+	if (req->has_groups || !(req->has_uid || req->has_gid))
+		return 0;
+	if (req->namespaces & CLONE_NEWUSER)
+		return req->setgroups && !setgroups_denied(req);
+	return (req->has_uid && req->uid != geteuid()) || (req->has_gid && req->gid != getegid());
+}
+
 /* The vfork path (docs/design.md) needs: auto_proceed, since the agent is suspended in
  * clone and cannot release a parked child; no CLONE_NEWTIME, which legacy clone cannot
  * take; and id files the child may write itself (user_namespaces(7): without privilege
@@ -227,6 +241,7 @@ int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 	if (prepare_stdio(req, passed, &plan, owned, f))
 		goto out;
 	plan.vforked = vfork_fits(req);
+	plan.clear_groups = clears_groups(req);
 	/* vforked, the agent reads the report pipe once, after the child is done with it, and
 	 * must not wait for the write end's EOF (agent.c): non-blocking. The child's end is too,
 	 * but the few bytes it writes always fit in an empty pipe. */

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import Pipe, capture_stdout, expect
+from tests.conftest import Pipe, capture_stdout, expect, run_python
 
 Factory = Callable[..., linx.Session]
 
@@ -149,6 +150,57 @@ def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespac
     uid, gid, groups = output.decode().split("\n")[:3]
     assert (uid, gid) == ("65534", "65534")
     assert sorted(groups.split()) == ["100", "65534"]
+
+
+# A root caller with supplementary groups (root, disk, shadow) spawns with other ids.
+GROUPS_PROGRAM = """
+    import json, os
+    import linx
+
+    os.setgroups([0, 6, 42])
+    root_map = {"uid_map": [(0, 0, 1)], "gid_map": [(0, 0, 1)], "uid": 0, "gid": 0}
+    cases = {
+        "uid and gid": {"uid": 65534, "gid": 65534},
+        "uid only": {"uid": 65534},
+        "gid only": {"gid": 65534},
+        "groups given": {"uid": 65534, "gid": 65534, "groups": [100]},
+        "same ids": {"uid": 0, "gid": 0},
+        "no ids": {},
+        "user namespace, setgroups deny": {"namespaces": ["user"], **root_map},
+        "user namespace, setgroups allow": {
+            "namespaces": ["user"], "setgroups": "allow", **root_map
+        },
+    }
+    seen = {}
+    for name, options in cases.items():
+        read_end, write_end = os.pipe()
+        session = linx.spawn(["/bin/grep", "^Groups:", "/proc/self/status"],
+                             stdio={"stdout": write_end}, auto_proceed=True, **options)
+        os.close(write_end)
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+        seen[name] = os.read(read_end, 4096).decode().split()[1:]
+        os.close(read_end)
+    print(json.dumps(seen))
+"""
+
+
+def test_a_uid_or_gid_without_groups_drops_the_callers_supplementary_groups() -> None:
+    # As runc sets process.user: groups are cleared wherever they can be. Kept when the ids
+    # stay the caller's (nothing is dropped) and where setgroups is denied (the kernel's
+    # point: groups cannot be dropped in that user namespace).
+    result = run_python(GROUPS_PROGRAM)
+    assert result.returncode == 0, result.stderr
+    kept = ["0", "6", "42"]
+    assert json.loads(result.stdout) == {
+        "uid and gid": [],
+        "uid only": [],
+        "gid only": [],
+        "groups given": ["100"],
+        "same ids": kept,
+        "no ids": kept,
+        "user namespace, setgroups deny": ["0", "65534", "65534"],
+        "user namespace, setgroups allow": [],
+    }
 
 
 def test_env_and_cwd_follow_the_caller_after_the_launcher_started(
