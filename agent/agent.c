@@ -201,17 +201,59 @@ static void on_ready(struct session *s, int32_t child_pid)
 	}
 }
 
+/* The first error record among what the child wrote, if any: the step that failed. */
+static int child_error(const struct session *s, struct report_rec *rec)
+{
+	size_t off = 0;
+
+	while (off < s->rep_len) {
+		int n = report_parse(s->rep + off, s->rep_len - off, rec);
+		if (n <= 0)
+			return 0;
+		if (rec->kind == REPORT_ERROR)
+			return 1;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+/* Kills the child, then reads all it wrote: its pipe reaches EOF as soon as it is dead.
+ * Returns 0 or the read's errno. */
+static int read_report_to_eof(struct session *s)
+{
+	child_kill(&s->child);
+	while (s->rep_len < sizeof(s->rep)) {
+		ssize_t n = read_some(s->child.report_rd, s->rep + s->rep_len,
+				      sizeof(s->rep) - s->rep_len);
+		if (n <= 0)
+			return (int)-n;
+		s->rep_len += (size_t)n;
+	}
+	return 0;
+}
+
 /* auto_proceed: the release byte goes in right after the clone (and the maps), so the
  * child finds it waiting and never blocks at the checkpoint: two wake-ups fewer on the
- * spawn path. The workload is committed to run from here; an ABORT is too late. */
+ * spawn path. The workload is committed to run from here; an ABORT is too late.
+ * The byte finds no reader (EPIPE) when the child already failed before its ready record
+ * (sethostname, say): its error record is then in the report pipe, and it is what Python
+ * must hear, not our EPIPE. */
 static void release_early(struct session *s)
 {
+	struct report_rec rec;
 	int err = write_release(s);
 
-	if (err)
-		fail(s, "ready_frame", err);
-	else
+	if (!err) {
 		s->released_early = 1;
+		return;
+	}
+	int rerr = read_report_to_eof(s);
+	if (rerr)
+		fail(s, "ready_frame", rerr);
+	else if (child_error(s, &rec))
+		fail(s, rec.stage, rec.value);
+	else
+		fail(s, "exec_outcome", err);
 }
 
 /* The ready record (or the child's error before it). */
@@ -242,29 +284,26 @@ static void parse_ready(struct session *s, int eof)
  * itself fails after 'E'); anything else means the child died on the way. */
 static void exec_outcome(struct session *s)
 {
-	struct report_rec rec, err_rec;
+	struct report_rec rec;
 	size_t off = 0;
-	int saw_exec = 0, saw_err = 0, bad = 0;
+	int saw_exec = 0, bad = 0;
 
+	if (child_error(s, &rec)) {
+		s->rep_len = 0;
+		fail(s, rec.stage, rec.value);
+		return;
+	}
 	while (off < s->rep_len) {
 		int n = report_parse(s->rep + off, s->rep_len - off, &rec);
 		if (n <= 0 || rec.kind == REPORT_READY) {
 			bad = 1;
 			break;
 		}
-		if (rec.kind == REPORT_ERROR && !saw_err) {
-			err_rec = rec;
-			saw_err = 1;
-		}
 		if (rec.kind == REPORT_EXEC)
 			saw_exec = 1;
 		off += (size_t)n;
 	}
 	s->rep_len = 0;
-	if (saw_err) {
-		fail(s, err_rec.stage, err_rec.value);
-		return;
-	}
 	if (bad || !saw_exec) {
 		fail(s, "exec_outcome", bad ? EPROTO : EIO);
 		return;

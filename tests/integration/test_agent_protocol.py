@@ -23,14 +23,14 @@ from tests.conftest import pid_alive, run_python, wait_until
 class RawAgent:
     """One `linx-agent --agent` with its session socket on fd 3."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         path = _launcher.agent_path()
         self.pid = os.posix_spawn(
             path,
             [path, "--agent"],
-            os.environ,
+            {**os.environ, **(env or {})},
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, high, 3),
@@ -74,6 +74,10 @@ def agent() -> Iterator[RawAgent]:
     yield raw
     raw.close()
     assert raw.status == 0, f"the agent ended with status {raw.status}"
+
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWUSER = 0x10000000
 
 
 def _spawn(**fields: object) -> bytes:
@@ -151,6 +155,30 @@ def test_eof_before_a_whole_request_ends_the_agent_quietly(agent: RawAgent) -> N
     agent.send(_spawn()[:7])
     agent.sock.shutdown(socket.SHUT_WR)
     assert agent.messages() == []
+
+
+def test_auto_proceed_child_failing_before_ready_reports_its_own_error() -> None:
+    # Fork-style path (a map the child may not write itself). The agent writes the maps,
+    # then the release byte; long maps keep it busy while the child fails sethostname (a
+    # name too long) and exits, so the byte often finds no reader. The child's error
+    # record is in the report pipe by then and must be what comes out, never the EPIPE.
+    id_map = b"".join(b"%d %d 1\n" % (i, i) for i in range(340))
+    request = _spawn(
+        namespaces=CLONE_NEWUSER | CLONE_NEWUTS,
+        hostname=b"h" * 100,
+        setgroups=b"deny",
+        uid_map=id_map,
+        gid_map=id_map,
+        auto_proceed=1,
+    )
+    for _ in range(40):
+        raw = RawAgent(env={"LINX_AGENT_NO_VFORK": "1"})
+        try:
+            raw.send(request)
+            assert _error(raw.messages()) == ("sethostname", errno.EINVAL)
+        finally:
+            raw.close()
+        assert raw.status == 0
 
 
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
