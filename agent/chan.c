@@ -62,22 +62,30 @@ long chan_fill(struct chan *c, uint32_t frame_cap)
 {
 	/* Room for the whole current frame when its length is known (and allowed), else a
 	 * chunk; never more than one maximal frame plus a chunk of what follows it. */
-	size_t want = c->len + CHUNK;
+	size_t want = c->len + CHUNK, frame_end = WIRE_HDR;
 	if (c->len >= WIRE_HDR) {
 		uint32_t flen = wire_get_u32(c->buf);
+		frame_end = 0;
 		if (flen <= frame_cap && WIRE_HDR + (size_t)flen > c->len)
-			want = WIRE_HDR + (size_t)flen;
+			want = frame_end = WIRE_HDR + (size_t)flen;
 	}
 	if (want < c->len + 1)
 		want = c->len + 1;
 	if (grow(c, want) < 0)
 		return -ENOMEM;
+	/* The kernel hands over a message's fds with the read that reaches its first byte,
+	 * and that read may run on into the next frame: only a read that stops at the frame's
+	 * end tells whose fds they are. (Past a length over the cap the frame is refused
+	 * anyway, so the read need not stop.) */
+	size_t room = c->cap - c->len;
+	if (c->one_frame && frame_end)
+		room = frame_end - c->len;
 
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
 	} cbuf;
-	struct iovec iov = { c->buf + c->len, c->cap - c->len };
+	struct iovec iov = { c->buf + c->len, room };
 	struct msghdr msg = {
 		.msg_iov = &iov,
 		.msg_iovlen = 1,

@@ -18,6 +18,8 @@ struct chan {
 	int *fds;		/* FIFO of received fds, oldest first */
 	size_t nfds, fdcap;
 	int truncated;		/* MSG_CTRUNC seen (or FIFO overflow): fds were lost */
+	int one_frame;		/* reads stop at the end of the frame being read, so the FIFO
+				 * holds only the fds that came with it */
 };
 
 void chan_init(struct chan *c, int fd);
@@ -25,6 +27,7 @@ void chan_free(struct chan *c);
 
 /* One recvmsg(MSG_DONTWAIT). The buffer grows to hold the frame being read, never past
  * frame_cap: a prefix above the cap is caught by chan_frame before any more is read.
+ * With one_frame, the read takes no byte past the current frame (its length prefix first).
  * Returns bytes read, 0 at EOF, or -errno (-EAGAIN: nothing to read). */
 long chan_fill(struct chan *c, uint32_t frame_cap);
 

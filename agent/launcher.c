@@ -201,37 +201,49 @@ static void reap_agents(struct launcher *l)
 	}
 }
 
+/* A START_AGENT takes exactly the fds that came with it: the channel reads one frame at a
+ * time, so the FIFO holds those and no others. One fd is a session to fork an agent for;
+ * none, or several, is malformed like any other bad frame (they are closed as we go). */
+static void on_frame(struct launcher *l, const struct wire_frame *f)
+{
+	uint64_t token;
+
+	if (f->type != MSG_START_AGENT || request_decode_start_agent(f, &token))
+		quit(l);
+	if (l->ch.truncated) {
+		/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
+		l->ch.truncated = 0;
+		chan_close_fds(&l->ch);
+		launch_failed(l, token, "recvmsg", EMFILE);
+		return;
+	}
+	if (l->ch.nfds != 1)
+		quit(l);
+	start_agent(l, token, chan_take_fd(&l->ch));
+}
+
+/* Reads on until one whole frame is in (its length prefix and its body are two reads) and
+ * acts on it; the next, if any, is for the next wake-up. */
 static void on_channel(struct launcher *l)
 {
-	long n = chan_fill(&l->ch, WIRE_CAP_LAUNCHER);
-
-	if (n == -EAGAIN)
-		return;
-	if (n <= 0) {
-		if (n < 0 && n != -ECONNRESET)
-			diag("recvmsg", (int)-n);
-		quit(l);
-	}
 	for (;;) {
-		struct wire_frame f;
-		uint64_t token;
-		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
-		if (st == WIRE_SHORT)
+		long n = chan_fill(&l->ch, WIRE_CAP_LAUNCHER);
+		if (n == -EAGAIN)
 			return;
-		if (st != WIRE_OK || f.type != MSG_START_AGENT ||
-		    request_decode_start_agent(&f, &token))
-			quit(l);
-		int fd = chan_take_fd(&l->ch);
-		if (fd >= 0) {
-			start_agent(l, token, fd);
-		} else if (l->ch.truncated) {
-			/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
-			l->ch.truncated = 0;
-			launch_failed(l, token, "recvmsg", EMFILE);
-		} else {
+		if (n <= 0) {
+			if (n < 0 && n != -ECONNRESET)
+				diag("recvmsg", (int)-n);
 			quit(l);
 		}
+		struct wire_frame f;
+		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
+		if (st == WIRE_SHORT)
+			continue;
+		if (st != WIRE_OK)
+			quit(l);
+		on_frame(l, &f);
 		chan_consume(&l->ch, f.total);
+		return;
 	}
 }
 
@@ -242,6 +254,7 @@ int launcher_main(int ctl_fd)
 
 	memset(&l, 0, sizeof(l));
 	chan_init(&l.ch, ctl_fd);
+	l.ch.one_frame = 1;
 	l.sfd = -1;
 	/* the Python parent may have leaked inheritable fds to us */
 	if (close_range((unsigned)ctl_fd + 1, ~0U, 0) < 0)

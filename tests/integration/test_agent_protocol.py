@@ -1,12 +1,13 @@
-"""The agent on its own: malformed and oversized input over a raw session channel.
+"""The agent (and launcher) on its own: malformed and oversized input over a raw channel.
 
-These drive `linx-agent --agent` directly with hand-made frames (docs/protocol.md), the way a
-buggy or hostile peer would: every bad input gets its transport stage and errno, the agent
-exits, and no process is left behind.
+These drive `linx-agent --agent` (or `--launcher`) directly with hand-made frames
+(docs/protocol.md), the way a buggy or hostile peer would: every bad input gets its transport
+stage and errno, the agent exits, and no process is left behind.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import os
@@ -21,15 +22,15 @@ from tests.conftest import pid_alive, run_python, wait_until
 
 
 class RawAgent:
-    """One `linx-agent --agent` with its session socket on fd 3."""
+    """One `linx-agent --agent` (or `mode`) with its socket on fd 3."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, mode: str = "--agent") -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         path = _launcher.agent_path()
         self.pid = os.posix_spawn(
             path,
-            [path, "--agent"],
+            [path, mode],
             {**os.environ, **(env or {})},
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -66,6 +67,19 @@ class RawAgent:
         if self.status is None:
             _, status = os.waitpid(self.pid, 0)
             self.status = os.waitstatus_to_exitcode(status)
+
+
+class RawLauncher(RawAgent):
+    """One `linx-agent --launcher` with its channel on fd 3."""
+
+    def __init__(self) -> None:
+        super().__init__(mode="--launcher")
+
+    def exited(self) -> bool:
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = os.waitstatus_to_exitcode(status)
+        return pid != 0
 
 
 @pytest.fixture
@@ -179,6 +193,26 @@ def test_auto_proceed_child_failing_before_ready_reports_its_own_error() -> None
         finally:
             raw.close()
         assert raw.status == 0
+
+
+def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
+    launcher = RawLauncher()
+    first, first_agent_end = socket.socketpair()
+    second, second_agent_end = socket.socketpair()
+    fds = array.array("i", [first_agent_end.fileno(), second_agent_end.fileno()])
+    frame = _wire.encode(_wire.StartAgent(token=111))
+    launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    first_agent_end.close()
+    second_agent_end.close()
+    # the launcher exits as for any malformed frame; neither socket got an agent, nor is
+    # one kept for a later START_AGENT that brings none
+    assert wait_until(lambda: launcher.exited(), 5), "the launcher took a 2-fd START_AGENT"
+    for ours in (first, second):
+        ours.settimeout(5)
+        assert ours.recv(1) == b"", "an agent holds the socket"
+        ours.close()
+    launcher.close()
+    assert launcher.status == 0
 
 
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
