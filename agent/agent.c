@@ -371,9 +371,12 @@ static void on_report(struct session *s)
 
 static void on_exit_ready(struct session *s)
 {
-	int st = child_reap(&s->child);
+	int st, err = child_reap(&s->child, &st);
 
-	if (WIFSIGNALED(st))
+	/* without a status there is no outcome to report, and EXITED(0) would be a lie */
+	if (err)
+		fail(s, "waitpid", err);
+	else if (WIFSIGNALED(st))
 		finish(s, MSG_SIGNALED, 1, (uint32_t)WTERMSIG(st));
 	else
 		finish(s, MSG_EXITED, 1, (uint32_t)WEXITSTATUS(st));
@@ -578,7 +581,9 @@ static void orphan(struct session *s)
 		if (r <= 0)
 			child_kill(&s->child);
 	}
-	child_reap(&s->child);
+	int st, err = child_reap(&s->child, &st);
+	if (err)
+		diag("orphan waitpid", err);
 }
 
 /* While the agent waits only on its own child's next report (the ready record right

@@ -323,14 +323,15 @@ void child_kill(struct child *c)
 		diag("kill", errno);
 }
 
-int child_reap(struct child *c)
+int child_reap(struct child *c, int *status)
 {
-	int status = 0;
+	int err = 0;
 
+	*status = 0;
 	if (c->pid > 0) {
-		while (waitpid(c->pid, &status, 0) < 0) {
+		while (waitpid(c->pid, status, 0) < 0) {
 			if (errno != EINTR) {
-				diag("waitpid", errno);
+				err = errno;
 				break;
 			}
 		}
@@ -339,11 +340,16 @@ int child_reap(struct child *c)
 	close_fd(&c->pidfd);
 	close_fd(&c->report_rd);
 	close_fd(&c->release_wr);
-	return status;
+	return err;
 }
 
 void child_discard(struct child *c)
 {
+	int status;
+
 	child_kill(c);
-	child_reap(c);
+	/* on an error path, the error already has its frame: this one only its line */
+	int err = child_reap(c, &status);
+	if (err)
+		diag("waitpid", err);
 }
