@@ -1,7 +1,6 @@
 /* chan: the I/O half of a Python-facing channel (fd 3): accumulates bytes and SCM_RIGHTS
- * fds from recvmsg and hands out whole frames via wire.c (frames go out with util.c's
- * write_all). Must never interpret a frame (that is request.c's job) nor block on
- * receive. */
+ * fds from recvmsg, hands out whole frames via wire.c, and queues and sends frames. Must
+ * never interpret a frame (that is request.c's job) nor block, receiving or sending. */
 #define _GNU_SOURCE
 #include "chan.h"
 
@@ -25,9 +24,11 @@ void chan_free(struct chan *c)
 	chan_close_fds(c);
 	free(c->buf);
 	free(c->fds);
+	free(c->out);
 	c->buf = NULL;
 	c->fds = NULL;
-	c->len = c->cap = c->fdcap = 0;
+	c->out = NULL;
+	c->len = c->cap = c->fdcap = c->outlen = c->outcap = 0;
 }
 
 static int grow(struct chan *c, size_t want)
@@ -135,6 +136,44 @@ void chan_shrink(struct chan *c)
 		c->buf = nb;
 		c->cap = CHUNK;
 	}
+}
+
+int chan_queue(struct chan *c, const void *buf, size_t len)
+{
+	if (c->outcap - c->outlen < len) {
+		size_t ncap = c->outcap ? c->outcap * 2 : 1024;
+		while (ncap - c->outlen < len)
+			ncap *= 2;
+		uint8_t *nb = realloc(c->out, ncap);
+		if (!nb)
+			return ENOMEM;
+		c->out = nb;
+		c->outcap = ncap;
+	}
+	memcpy(c->out + c->outlen, buf, len);
+	c->outlen += len;
+	return 0;
+}
+
+int chan_flush(struct chan *c)
+{
+	size_t done = 0;
+	int err = 0;
+
+	while (done < c->outlen) {
+		ssize_t n = send(c->fd, c->out + done, c->outlen - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				err = errno;
+			break;
+		}
+		done += (size_t)n;
+	}
+	memmove(c->out, c->out + done, c->outlen - done);
+	c->outlen -= done;
+	return err;
 }
 
 int chan_take_fd(struct chan *c)

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -163,6 +164,28 @@ def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) ->
     notices = [m for m in messages if isinstance(m, _wire.Notice)]
     assert notices and notices[0].stage == b"malformed_command"
     assert messages[-1] == _wire.Exited(code=4)
+
+
+def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
+    assert wait_until(lambda: children.read_text().split() != [], 5)
+    workload = int(children.read_text().split()[0])
+    # commands each answered by a NOTICE, and nothing read: the agent's frames fill the
+    # socket, it reads no more commands, and ours fill the socket too
+    agent.sock.setblocking(False)
+    flood = struct.pack("<IH", 2, 0x0777) * 10000
+    with pytest.raises(BlockingIOError):
+        for _ in range(1000):
+            agent.sock.send(flood)
+    # the workload exits meanwhile, and is reaped while its peer still reads nothing
+    assert wait_until(lambda: not Path(f"/proc/{workload}").exists(), 5), "a zombie"
+    messages = agent.messages()
+    notices = [m for m in messages if isinstance(m, _wire.Notice)]
+    assert notices and {n.stage for n in notices} == {b"malformed_command"}
+    lifecycle = [type(m) for m in messages if not isinstance(m, _wire.Notice)]
+    assert lifecycle == [_wire.Spawned, _wire.Ready, _wire.Running, _wire.Exited]
+    assert messages[-1] == _wire.Exited(code=0)
 
 
 def test_eof_before_a_whole_request_ends_the_agent_quietly(agent: RawAgent) -> None:
