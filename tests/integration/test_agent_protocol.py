@@ -134,6 +134,15 @@ def test_stdio_fd_index_without_fds_is_malformed_request(agent: RawAgent) -> Non
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
 
 
+@pytest.mark.parametrize("tag", [0, 99])
+def test_unknown_tags_even_repeated_are_skipped(agent: RawAgent, tag: int) -> None:
+    extra = b"".join(struct.pack("<HI", tag, 1) + value for value in (b"x", b"y"))
+    request = _spawn(auto_proceed=1)
+    body = request[4:] + extra
+    agent.send(struct.pack("<I", len(body)) + body)
+    assert agent.messages()[-1] == _wire.Exited(code=0)
+
+
 def test_request_over_the_cap_is_refused_from_its_header(agent: RawAgent) -> None:
     agent.send(struct.pack("<IH", _wire.MAX_REQUEST + 1, _wire.Spawn.TYPE))
     assert _error(agent.messages()) == ("request_too_big", errno.EMSGSIZE)
