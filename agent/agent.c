@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -593,6 +594,42 @@ static void on_channel(struct session *s)
 
 /* ---- orphan policy ---- */
 
+/* Milliseconds on CLOCK_MONOTONIC; UINT64_MAX (every grace over) if it cannot be read. */
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0) {
+		diag("orphan clock_gettime", errno);
+		return UINT64_MAX;
+	}
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Whether the child exits within ms. poll takes at most INT_MAX ms (under 25 days), and
+ * a grace may be longer (u64 on the wire): it is waited in pieces against a deadline,
+ * which an EINTR does not move either. */
+static int exits_within(const struct child *c, uint64_t ms)
+{
+	uint64_t now = monotonic_ms();
+	uint64_t deadline = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+	struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
+
+	for (;;) {
+		uint64_t left = deadline - now;
+		int r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (r > 0)
+			return 1;
+		if (r < 0 && errno != EINTR) {
+			diag("orphan poll", errno);
+			return 0;
+		}
+		now = monotonic_ms();
+		if (now >= deadline)
+			return 0;
+	}
+}
+
 static void orphan(struct session *s)
 {
 	s->done = 1;
@@ -608,14 +645,7 @@ static void orphan(struct session *s)
 			diag("orphan SIGTERM", errno);
 		if (pidfd_send_signal(s->child.pidfd, SIGCONT, NULL, 0) < 0 && errno != ESRCH)
 			diag("orphan SIGCONT", errno);
-		uint64_t ms = s->req.orphan_grace_ms;
-		struct pollfd p = { .fd = s->child.pidfd, .events = POLLIN };
-		int r;
-		while ((r = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms)) < 0 && errno == EINTR)
-			;
-		if (r < 0)
-			diag("orphan poll", errno);
-		if (r <= 0)
+		if (!exits_within(&s->child, s->req.orphan_grace_ms))
 			child_kill(&s->child);
 	}
 	int st, err = child_reap(&s->child, &st);
