@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/pidfd.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "chan.h"
@@ -46,8 +47,7 @@ struct session {
 	int released_early;	/* auto_proceed: released at clone, never parked */
 	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
 	size_t nsigs, sigcap;
-	uint8_t outbox[2 * WIRE_OUT_MAX];	/* frames not yet written to Python */
-	size_t out_len;
+	int unread;		/* whole commands may wait in ch's buffer (on_frames) */
 	int peer_gone;		/* Python closed the channel: orphan policy */
 	int done;		/* terminal frame sent (or nobody to send it to) */
 	int status;		/* exit status: non-zero when the channel broke on our side,
@@ -57,24 +57,50 @@ struct session {
 
 /* ---- frames to Python ---- */
 
-static void flush(struct session *s)
+/* Frames Python does not need yet, held while the agent holds (below); past this much
+ * they go anyway. */
+#define HOLD_MAX (2 * WIRE_OUT_MAX)
+
+/* While the agent waits only on its own child's next report (the ready record right
+ * after clone; the exec outcome of a child released at clone time), what it has to say
+ * will be followed within moments by more: hold it. Everywhere else, Python may be
+ * waiting for it. */
+static int holding(const struct session *s)
 {
-	if (s->peer_gone || !s->out_len)
-		return;
-	int err = write_all(s->ch.fd, s->outbox, s->out_len);
-	s->out_len = 0;
-	if (err) {
-		s->peer_gone = 1;
-		if (err != EPIPE && err != ECONNRESET) {
-			diag("send", err);
-			s->status = 1;
-		}
+	return s->phase == PH_STARTING || (s->phase == PH_RELEASED && s->released_early);
+}
+
+/* Queued frames that should be on their way: true after a flush means the socket would
+ * not take them (Python is not reading), and agent_main reads no more commands until it
+ * does. */
+static int must_send(const struct session *s)
+{
+	return s->ch.outlen && !s->peer_gone && (!holding(s) || s->ch.outlen > HOLD_MAX);
+}
+
+/* The channel is done with: Python is gone (EPIPE, ECONNRESET), or our side of it failed,
+ * which gets a line and exit status 1. */
+static void broken(struct session *s, const char *stage, int err)
+{
+	s->peer_gone = 1;
+	if (err != EPIPE && err != ECONNRESET) {
+		diag(stage, err);
+		s->status = 1;
 	}
 }
 
-/* Frames wait in the outbox until the loop is about to wait for Python or for the
- * workload (see holding()), so the ones a spawn produces in quick succession reach Python
- * in one write: one wake-up of its reactor instead of three. */
+/* Never waits: what the socket does not take stays queued (chan_flush). */
+static void flush(struct session *s)
+{
+	int err;
+
+	if (!s->peer_gone && (err = chan_flush(&s->ch)))
+		broken(s, "send", err);
+}
+
+/* Frames are queued until the loop is about to wait for Python or for the workload (see
+ * holding()), so the ones a spawn produces in quick succession reach Python in one write:
+ * one wake-up of its reactor instead of three. */
 static void send_frame(struct session *s, struct wire_out *o)
 {
 	if (s->peer_gone)
@@ -83,10 +109,10 @@ static void send_frame(struct session *s, struct wire_out *o)
 		diag("encode", EOVERFLOW);
 		return;
 	}
-	if (s->out_len + o->len > sizeof(s->outbox))
-		flush(s);
-	memcpy(s->outbox + s->out_len, o->buf, o->len);
-	s->out_len += o->len;
+	/* a frame dropped would break the protocol's order: better give the channel up
+	 * (status 1: the launcher's AGENT_EXITED tells Python) */
+	if (chan_queue(&s->ch, o->buf, o->len))
+		broken(s, "send queue", ENOMEM);
 }
 
 static void send_empty(struct session *s, uint16_t type)
@@ -201,17 +227,59 @@ static void on_ready(struct session *s, int32_t child_pid)
 	}
 }
 
+/* The first error record among what the child wrote, if any: the step that failed. */
+static int child_error(const struct session *s, struct report_rec *rec)
+{
+	size_t off = 0;
+
+	while (off < s->rep_len) {
+		int n = report_parse(s->rep + off, s->rep_len - off, rec);
+		if (n <= 0)
+			return 0;
+		if (rec->kind == REPORT_ERROR)
+			return 1;
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+/* Kills the child, then reads all it wrote: its pipe reaches EOF as soon as it is dead.
+ * Returns 0 or the read's errno. */
+static int read_report_to_eof(struct session *s)
+{
+	child_kill(&s->child);
+	while (s->rep_len < sizeof(s->rep)) {
+		ssize_t n = read_some(s->child.report_rd, s->rep + s->rep_len,
+				      sizeof(s->rep) - s->rep_len);
+		if (n <= 0)
+			return (int)-n;
+		s->rep_len += (size_t)n;
+	}
+	return 0;
+}
+
 /* auto_proceed: the release byte goes in right after the clone (and the maps), so the
  * child finds it waiting and never blocks at the checkpoint: two wake-ups fewer on the
- * spawn path. The workload is committed to run from here; an ABORT is too late. */
+ * spawn path. The workload is committed to run from here; an ABORT is too late.
+ * The byte finds no reader (EPIPE) when the child already failed before its ready record
+ * (sethostname, say): its error record is then in the report pipe, and it is what Python
+ * must hear, not our EPIPE. */
 static void release_early(struct session *s)
 {
+	struct report_rec rec;
 	int err = write_release(s);
 
-	if (err)
-		fail(s, "ready_frame", err);
-	else
+	if (!err) {
 		s->released_early = 1;
+		return;
+	}
+	int rerr = read_report_to_eof(s);
+	if (rerr)
+		fail(s, "ready_frame", rerr);
+	else if (child_error(s, &rec))
+		fail(s, rec.stage, rec.value);
+	else
+		fail(s, "exec_outcome", err);
 }
 
 /* The ready record (or the child's error before it). */
@@ -243,29 +311,26 @@ static void parse_ready(struct session *s, int eof)
  * after 'E'); anything else means the child died on the way. */
 static void exec_outcome(struct session *s)
 {
-	struct report_rec rec, err_rec;
+	struct report_rec rec;
 	size_t off = 0;
-	int saw_exec = 0, saw_err = 0, bad = 0;
+	int saw_exec = 0, bad = 0;
 
+	if (child_error(s, &rec)) {
+		s->rep_len = 0;
+		fail(s, rec.stage, rec.value);
+		return;
+	}
 	while (off < s->rep_len) {
 		int n = report_parse(s->rep + off, s->rep_len - off, &rec);
 		if (n <= 0 || rec.kind == REPORT_READY) {
 			bad = 1;
 			break;
 		}
-		if (rec.kind == REPORT_ERROR && !saw_err) {
-			err_rec = rec;
-			saw_err = 1;
-		}
 		if (rec.kind == REPORT_EXEC)
 			saw_exec = 1;
 		off += (size_t)n;
 	}
 	s->rep_len = 0;
-	if (saw_err) {
-		fail(s, err_rec.stage, err_rec.value);
-		return;
-	}
 	if (bad || !saw_exec) {
 		fail(s, "exec_outcome", bad ? EPROTO : EIO);
 		return;
@@ -339,9 +404,12 @@ static void on_report(struct session *s)
 
 static void on_exit_ready(struct session *s)
 {
-	int st = child_reap(&s->child);
+	int st, err = child_reap(&s->child, &st);
 
-	if (WIFSIGNALED(st))
+	/* without a status there is no outcome to report, and EXITED(0) would be a lie */
+	if (err)
+		fail(s, "waitpid", err);
+	else if (WIFSIGNALED(st))
 		finish(s, MSG_SIGNALED, 1, (uint32_t)WTERMSIG(st));
 	else
 		finish(s, MSG_EXITED, 1, (uint32_t)WEXITSTATUS(st));
@@ -455,32 +523,20 @@ static void on_command(struct session *s, const struct wire_frame *f)
 	}
 }
 
-static void on_channel(struct session *s)
+/* Acts on the whole frames in ch's buffer, up to the first that must wait (unread). */
+static void on_frames(struct session *s)
 {
-	uint32_t cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
-	const char *too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
-	long n = chan_fill(&s->ch, cap);
-
-	if (n == -EAGAIN)
-		return;
-	if (n == -ENOMEM) {
-		fail(s, too_big, ENOMEM);
-		return;
-	}
-	if (n <= 0) {
-		/* EOF, or the connection broke: Python is gone either way */
-		if (n < 0 && n != -ECONNRESET) {
-			diag("recvmsg", (int)-n);
-			s->status = 1;
-		}
-		s->peer_gone = 1;
-		return;
-	}
-
+	s->unread = 0;
 	while (!s->done) {
 		struct wire_frame f;
-		cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
-		too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
+		/* each command may add a frame: none is taken while frames wait for the
+		 * socket, so what a session queues stays bounded (agent_main) */
+		if (must_send(s)) {
+			s->unread = 1;
+			break;
+		}
+		uint32_t cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
+		const char *too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
 		enum wire_status st = chan_frame(&s->ch, cap, &f);
 		if (st == WIRE_SHORT)
 			break;
@@ -519,7 +575,67 @@ static void on_channel(struct session *s)
 		chan_close_fds(&s->ch);
 }
 
+static void on_channel(struct session *s)
+{
+	uint32_t cap = s->phase == PH_REQUEST ? WIRE_CAP_REQUEST : WIRE_CAP_COMMAND;
+	const char *too_big = s->phase == PH_REQUEST ? "request_too_big" : "command_too_big";
+	long n = chan_fill(&s->ch, cap);
+
+	if (n == -EAGAIN)
+		return;
+	if (n == -ENOMEM) {
+		fail(s, too_big, ENOMEM);
+		return;
+	}
+	if (n <= 0) {
+		/* EOF, or the connection broke: Python is gone either way */
+		if (n < 0 && n != -ECONNRESET) {
+			diag("recvmsg", (int)-n);
+			s->status = 1;
+		}
+		s->peer_gone = 1;
+		return;
+	}
+	on_frames(s);
+}
+
 /* ---- orphan policy ---- */
+
+/* Milliseconds on CLOCK_MONOTONIC; UINT64_MAX (every grace over) if it cannot be read. */
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0) {
+		diag("orphan clock_gettime", errno);
+		return UINT64_MAX;
+	}
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Whether the child exits within ms. poll takes at most INT_MAX ms (under 25 days), and
+ * a grace may be longer (u64 on the wire): it is waited in pieces against a deadline,
+ * which an EINTR does not move either. */
+static int exits_within(const struct child *c, uint64_t ms)
+{
+	uint64_t now = monotonic_ms();
+	uint64_t deadline = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
+	struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
+
+	for (;;) {
+		uint64_t left = deadline - now;
+		int r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+		if (r > 0)
+			return 1;
+		if (r < 0 && errno != EINTR) {
+			diag("orphan poll", errno);
+			return 0;
+		}
+		now = monotonic_ms();
+		if (now >= deadline)
+			return 0;
+	}
+}
 
 static void orphan(struct session *s)
 {
@@ -536,26 +652,26 @@ static void orphan(struct session *s)
 			diag("orphan SIGTERM", errno);
 		if (pidfd_send_signal(s->child.pidfd, SIGCONT, NULL, 0) < 0 && errno != ESRCH)
 			diag("orphan SIGCONT", errno);
-		uint64_t ms = s->req.orphan_grace_ms;
-		struct pollfd p = { .fd = s->child.pidfd, .events = POLLIN };
-		int r;
-		while ((r = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms)) < 0 && errno == EINTR)
-			;
-		if (r < 0)
-			diag("orphan poll", errno);
-		if (r <= 0)
+		if (!exits_within(&s->child, s->req.orphan_grace_ms))
 			child_kill(&s->child);
 	}
-	child_reap(&s->child);
+	int st, err = child_reap(&s->child, &st);
+	if (err)
+		diag("orphan waitpid", err);
 }
 
-/* While the agent waits only on its own child's next report (the ready record right
- * after clone; the exec outcome of a child released at clone time), what it has to say
- * will be followed within moments by more: hold it. Everywhere else, Python may be
- * waiting for it. */
-static int holding(const struct session *s)
+/* The terminal frame, and any before it, once nothing is left to watch: waiting for
+ * Python here delays only our own exit. */
+static void drain(struct session *s)
 {
-	return s->phase == PH_STARTING || (s->phase == PH_RELEASED && s->released_early);
+	while (!s->peer_gone && s->ch.outlen) {
+		flush(s);
+		if (s->peer_gone || !s->ch.outlen)
+			break;
+		struct pollfd p = { .fd = s->ch.fd, .events = POLLOUT };
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			broken(s, "poll", errno);
+	}
 }
 
 int agent_main(int ctl_fd)
@@ -567,16 +683,24 @@ int agent_main(int ctl_fd)
 	s.child = (struct child)CHILD_NONE;
 
 	while (!s.done) {
-		if (!holding(&s))
+		if (must_send(&s))
 			flush(&s);
 		if (s.peer_gone) {
 			orphan(&s);
 			break;
 		}
+		/* Python is not reading: read no command from it either (backpressure) until
+		 * the socket takes our frames, but go on watching the child, so it is reaped
+		 * and its outcome queued whatever Python does */
+		int backed_up = must_send(&s);
+		if (!backed_up && s.unread) {
+			on_frames(&s);
+			continue;
+		}
 		struct pollfd p[3];
 		int n = 0, ich, irep = -1, ipid = -1;
 		ich = n;
-		p[n++] = (struct pollfd){ .fd = s.ch.fd, .events = POLLIN };
+		p[n++] = (struct pollfd){ .fd = s.ch.fd, .events = backed_up ? POLLOUT : POLLIN };
 		if (s.child.report_rd >= 0 && s.phase != PH_RUNNING) {
 			irep = n;
 			p[n++] = (struct pollfd){ .fd = s.child.report_rd, .events = POLLIN };
@@ -596,12 +720,12 @@ int agent_main(int ctl_fd)
 			on_report(&s);
 		if (!s.done && ipid >= 0 && p[ipid].revents)
 			on_exit_ready(&s);
-		if (!s.done && p[ich].revents)
+		if (!s.done && !backed_up && p[ich].revents)
 			on_channel(&s);
 	}
 
-	flush(&s);
 	child_discard(&s.child);
+	drain(&s);
 	child_release_ns(&s.child);	/* after the outcome is out: see spawn_hold_mnt_ns */
 	close_passed(&s);
 	request_free(&s.req);

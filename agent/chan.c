@@ -1,7 +1,6 @@
 /* chan: the I/O half of a Python-facing channel (fd 3): accumulates bytes and SCM_RIGHTS
- * fds from recvmsg and hands out whole frames via wire.c (frames go out with util.c's
- * write_all). Must never interpret a frame (that is request.c's job) nor block on
- * receive. */
+ * fds from recvmsg, hands out whole frames via wire.c, and queues and sends frames. Must
+ * never interpret a frame (that is request.c's job) nor block, receiving or sending. */
 #define _GNU_SOURCE
 #include "chan.h"
 
@@ -25,9 +24,11 @@ void chan_free(struct chan *c)
 	chan_close_fds(c);
 	free(c->buf);
 	free(c->fds);
+	free(c->out);
 	c->buf = NULL;
 	c->fds = NULL;
-	c->len = c->cap = c->fdcap = 0;
+	c->out = NULL;
+	c->len = c->cap = c->fdcap = c->outlen = c->outcap = 0;
 }
 
 static int grow(struct chan *c, size_t want)
@@ -62,22 +63,30 @@ long chan_fill(struct chan *c, uint32_t frame_cap)
 {
 	/* Room for the whole current frame when its length is known (and allowed), else a
 	 * chunk; never more than one maximal frame plus a chunk of what follows it. */
-	size_t want = c->len + CHUNK;
+	size_t want = c->len + CHUNK, frame_end = WIRE_HDR;
 	if (c->len >= WIRE_HDR) {
 		uint32_t flen = wire_get_u32(c->buf);
+		frame_end = 0;
 		if (flen <= frame_cap && WIRE_HDR + (size_t)flen > c->len)
-			want = WIRE_HDR + (size_t)flen;
+			want = frame_end = WIRE_HDR + (size_t)flen;
 	}
 	if (want < c->len + 1)
 		want = c->len + 1;
 	if (grow(c, want) < 0)
 		return -ENOMEM;
+	/* The kernel hands over a message's fds with the read that reaches its first byte,
+	 * and that read may run on into the next frame: only a read that stops at the frame's
+	 * end tells whose fds they are. (Past a length over the cap the frame is refused
+	 * anyway, so the read need not stop.) */
+	size_t room = c->cap - c->len;
+	if (c->one_frame && frame_end)
+		room = frame_end - c->len;
 
 	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MSG)];
 	} cbuf;
-	struct iovec iov = { c->buf + c->len, c->cap - c->len };
+	struct iovec iov = { c->buf + c->len, room };
 	struct msghdr msg = {
 		.msg_iov = &iov,
 		.msg_iovlen = 1,
@@ -127,6 +136,44 @@ void chan_shrink(struct chan *c)
 		c->buf = nb;
 		c->cap = CHUNK;
 	}
+}
+
+int chan_queue(struct chan *c, const void *buf, size_t len)
+{
+	if (c->outcap - c->outlen < len) {
+		size_t ncap = c->outcap ? c->outcap * 2 : 1024;
+		while (ncap - c->outlen < len)
+			ncap *= 2;
+		uint8_t *nb = realloc(c->out, ncap);
+		if (!nb)
+			return ENOMEM;
+		c->out = nb;
+		c->outcap = ncap;
+	}
+	memcpy(c->out + c->outlen, buf, len);
+	c->outlen += len;
+	return 0;
+}
+
+int chan_flush(struct chan *c)
+{
+	size_t done = 0;
+	int err = 0;
+
+	while (done < c->outlen) {
+		ssize_t n = send(c->fd, c->out + done, c->outlen - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				err = errno;
+			break;
+		}
+		done += (size_t)n;
+	}
+	memmove(c->out, c->out + done, c->outlen - done);
+	c->outlen -= done;
+	return err;
 }
 
 int chan_take_fd(struct chan *c)

@@ -31,10 +31,6 @@ struct launcher {
 	int sfd;
 	struct agent_rec *agents;
 	size_t nagents, cap;
-	/* replies not yet taken by the socket: sending never blocks, so a Python that is
-	 * slow to read AGENT_EXITED cannot stall START_AGENT for everyone */
-	uint8_t *out;
-	size_t outlen, outcap;
 };
 
 /* Python is gone or broke the protocol: we go, the agents stay. */
@@ -42,29 +38,20 @@ static _Noreturn void quit(struct launcher *l)
 {
 	chan_free(&l->ch);
 	free(l->agents);
-	free(l->out);
 	exit(0);
 }
 
+/* Sending never blocks (chan_flush), so a Python that is slow to read AGENT_EXITED cannot
+ * stall START_AGENT for everyone: what the socket does not take waits for POLLOUT. */
 static void flush(struct launcher *l)
 {
-	size_t done = 0;
+	int err = chan_flush(&l->ch);
 
-	while (done < l->outlen) {
-		ssize_t n = send(l->ch.fd, l->out + done, l->outlen - done, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN)
-				break;
-			if (errno != EPIPE && errno != ECONNRESET)
-				diag("send", errno);
-			quit(l);
-		}
-		done += (size_t)n;
+	if (err) {
+		if (err != EPIPE && err != ECONNRESET)
+			diag("send", err);
+		quit(l);
 	}
-	memmove(l->out, l->out + done, l->outlen - done);
-	l->outlen -= done;
 }
 
 static void queue(struct launcher *l, struct wire_out *o)
@@ -73,21 +60,11 @@ static void queue(struct launcher *l, struct wire_out *o)
 		diag("encode", EOVERFLOW);
 		return;
 	}
-	if (l->outcap - l->outlen < o->len) {
-		size_t ncap = l->outcap ? l->outcap * 2 : 4096;
-		while (ncap - l->outlen < o->len)
-			ncap *= 2;
-		uint8_t *nb = realloc(l->out, ncap);
-		if (!nb) {
-			/* dropping an AGENT_EXITED would leave a session hanging: better to go */
-			diag("send queue", ENOMEM);
-			quit(l);
-		}
-		l->out = nb;
-		l->outcap = ncap;
+	if (chan_queue(&l->ch, o->buf, o->len)) {
+		/* dropping an AGENT_EXITED would leave a session hanging: better to go */
+		diag("send queue", ENOMEM);
+		quit(l);
 	}
-	memcpy(l->out + l->outlen, o->buf, o->len);
-	l->outlen += o->len;
 	flush(l);
 }
 
@@ -111,7 +88,6 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 	close(l->sfd);
 	if (LINX_SANITIZED) {
 		free(l->agents);
-		free(l->out);
 		chan_free(&l->ch);
 	}
 	sigemptyset(&none);
@@ -201,37 +177,49 @@ static void reap_agents(struct launcher *l)
 	}
 }
 
+/* A START_AGENT takes exactly the fds that came with it: the channel reads one frame at a
+ * time, so the FIFO holds those and no others. One fd is a session to fork an agent for;
+ * none, or several, is malformed like any other bad frame (they are closed as we go). */
+static void on_frame(struct launcher *l, const struct wire_frame *f)
+{
+	uint64_t token;
+
+	if (f->type != MSG_START_AGENT || request_decode_start_agent(f, &token))
+		quit(l);
+	if (l->ch.truncated) {
+		/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
+		l->ch.truncated = 0;
+		chan_close_fds(&l->ch);
+		launch_failed(l, token, "recvmsg", EMFILE);
+		return;
+	}
+	if (l->ch.nfds != 1)
+		quit(l);
+	start_agent(l, token, chan_take_fd(&l->ch));
+}
+
+/* Reads on until one whole frame is in (its length prefix and its body are two reads) and
+ * acts on it; the next, if any, is for the next wake-up. */
 static void on_channel(struct launcher *l)
 {
-	long n = chan_fill(&l->ch, WIRE_CAP_LAUNCHER);
-
-	if (n == -EAGAIN)
-		return;
-	if (n <= 0) {
-		if (n < 0 && n != -ECONNRESET)
-			diag("recvmsg", (int)-n);
-		quit(l);
-	}
 	for (;;) {
-		struct wire_frame f;
-		uint64_t token;
-		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
-		if (st == WIRE_SHORT)
+		long n = chan_fill(&l->ch, WIRE_CAP_LAUNCHER);
+		if (n == -EAGAIN)
 			return;
-		if (st != WIRE_OK || f.type != MSG_START_AGENT ||
-		    request_decode_start_agent(&f, &token))
-			quit(l);
-		int fd = chan_take_fd(&l->ch);
-		if (fd >= 0) {
-			start_agent(l, token, fd);
-		} else if (l->ch.truncated) {
-			/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
-			l->ch.truncated = 0;
-			launch_failed(l, token, "recvmsg", EMFILE);
-		} else {
+		if (n <= 0) {
+			if (n < 0 && n != -ECONNRESET)
+				diag("recvmsg", (int)-n);
 			quit(l);
 		}
+		struct wire_frame f;
+		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
+		if (st == WIRE_SHORT)
+			continue;
+		if (st != WIRE_OK)
+			quit(l);
+		on_frame(l, &f);
 		chan_consume(&l->ch, f.total);
+		return;
 	}
 }
 
@@ -242,6 +230,7 @@ int launcher_main(int ctl_fd)
 
 	memset(&l, 0, sizeof(l));
 	chan_init(&l.ch, ctl_fd);
+	l.ch.one_frame = 1;
 	l.sfd = -1;
 	/* the Python parent may have leaked inheritable fds to us */
 	if (close_range((unsigned)ctl_fd + 1, ~0U, 0) < 0)
@@ -260,7 +249,7 @@ int launcher_main(int ctl_fd)
 
 	for (;;) {
 		struct pollfd p[2] = {
-			{ .fd = l.ch.fd, .events = (short)(POLLIN | (l.outlen ? POLLOUT : 0)) },
+			{ .fd = l.ch.fd, .events = (short)(POLLIN | (l.ch.outlen ? POLLOUT : 0)) },
 			{ .fd = l.sfd, .events = POLLIN },
 		};
 		if (poll(p, 2, -1) < 0) {
@@ -271,7 +260,7 @@ int launcher_main(int ctl_fd)
 		}
 		if (p[1].revents)
 			reap_agents(&l);
-		if (l.outlen && (p[0].revents & (POLLOUT | POLLERR | POLLHUP)))
+		if (l.ch.outlen && (p[0].revents & (POLLOUT | POLLERR | POLLHUP)))
 			flush(&l);
 		if (p[0].revents & (POLLIN | POLLERR | POLLHUP))
 			on_channel(&l);

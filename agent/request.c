@@ -54,8 +54,10 @@ static int validate(const struct wire_frame *f, size_t nfds, struct spawn_req *r
 
 	wire_iter_init(&it, f);
 	while ((rc = wire_next(&it, &fl)) == 1) {
-		if (fl.tag > T_MAX_KNOWN)
-			continue;	/* room for new optional fields */
+		/* unknown: room for new optional fields (tag 0 is no field of ours either, and
+		 * must not reach the repeat check) */
+		if (fl.tag == 0 || fl.tag > T_MAX_KNOWN)
+			continue;
 		if (fl.tag != T_ARGV && fl.tag != T_ENV && (seen & (1u << fl.tag)))
 			return -1;
 		seen |= 1u << fl.tag;

@@ -19,15 +19,23 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "child.h"
 
+/* A connect to a listener whose backlog is full waits for room, and the agent's one thread
+ * would answer neither Python nor its EOF meanwhile. For AF_UNIX a non-blocking connect
+ * cannot help (it fails with EAGAIN at once: there is no EINPROGRESS to poll for), but a
+ * blocking one waits at most SO_SNDTIMEO and then fails with EAGAIN. */
+#define CONNECT_UNIX_TIMEOUT_S 5
+
 static int connect_unix(const struct stdio_spec *s, int *out, struct fail *f)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval limit = { .tv_sec = CONNECT_UNIX_TIMEOUT_S };
 
 	if (s->path_len >= sizeof(sa.sun_path))
 		return fail_set(f, "connect_unix", ENAMETOOLONG);
@@ -35,6 +43,11 @@ static int connect_unix(const struct stdio_spec *s, int *out, struct fail *f)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return fail_set(f, "connect_unix", errno);
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit)) < 0) {
+		int err = errno;
+		close(fd);
+		return fail_set(f, "connect_unix", err);
+	}
 	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + s->path_len + 1);
 	while (connect(fd, (struct sockaddr *)&sa, len) < 0) {
 		if (errno == EINTR)
@@ -361,14 +374,15 @@ void child_kill(struct child *c)
 		diag("kill", errno);
 }
 
-int child_reap(struct child *c)
+int child_reap(struct child *c, int *status)
 {
-	int status = 0;
+	int err = 0;
 
+	*status = 0;
 	if (c->pid > 0) {
-		while (waitpid(c->pid, &status, 0) < 0) {
+		while (waitpid(c->pid, status, 0) < 0) {
 			if (errno != EINTR) {
-				diag("waitpid", errno);
+				err = errno;
 				break;
 			}
 		}
@@ -377,11 +391,16 @@ int child_reap(struct child *c)
 	close_fd(&c->pidfd);
 	close_fd(&c->report_rd);
 	close_fd(&c->release_wr);
-	return status;
+	return err;
 }
 
 void child_discard(struct child *c)
 {
+	int status;
+
 	child_kill(c);
-	child_reap(c);
+	/* on an error path, the error already has its frame: this one only its line */
+	int err = child_reap(c, &status);
+	if (err)
+		diag("waitpid", err);
 }

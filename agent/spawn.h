@@ -50,9 +50,10 @@ int child_exec_took(const struct child *c);
 
 /* SIGKILL via the pidfd. */
 void child_kill(struct child *c);
-/* Waits for the child and closes our ends; returns its wait status. */
-int child_reap(struct child *c);
-/* Both, for every error path. */
+/* Waits for the child and closes our ends. Returns 0 with its wait status in *status, or
+ * waitpid's errno (the child is given up on either way). */
+int child_reap(struct child *c, int *status);
+/* Both, for every error path (a waitpid failure there goes to diag). */
 void child_discard(struct child *c);
 
 #endif

@@ -1,18 +1,20 @@
-"""The agent on its own: malformed and oversized input over a raw session channel.
+"""The agent (and launcher) on its own: malformed and oversized input over a raw channel.
 
-These drive `linx-agent --agent` directly with hand-made frames (docs/protocol.md), the way a
-buggy or hostile peer would: every bad input gets its transport stage and errno, the agent
-exits, and no process is left behind.
+These drive `linx-agent --agent` (or `--launcher`) directly with hand-made frames
+(docs/protocol.md), the way a buggy or hostile peer would: every bad input gets its transport
+stage and errno, the agent exits, and no process is left behind.
 """
 
 from __future__ import annotations
 
+import array
 import errno
 import fcntl
 import os
 import socket
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,16 +23,16 @@ from tests.conftest import pid_alive, run_python, wait_until
 
 
 class RawAgent:
-    """One `linx-agent --agent` with its session socket on fd 3."""
+    """One `linx-agent --agent` (or `mode`) with its socket on fd 3."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None, mode: str = "--agent") -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         path = _launcher.agent_path()
         self.pid = os.posix_spawn(
             path,
-            [path, "--agent"],
-            os.environ,
+            [path, mode],
+            {**os.environ, **(env or {})},
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, high, 3),
@@ -68,12 +70,29 @@ class RawAgent:
             self.status = os.waitstatus_to_exitcode(status)
 
 
+class RawLauncher(RawAgent):
+    """One `linx-agent --launcher` with its channel on fd 3."""
+
+    def __init__(self) -> None:
+        super().__init__(mode="--launcher")
+
+    def exited(self) -> bool:
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = os.waitstatus_to_exitcode(status)
+        return pid != 0
+
+
 @pytest.fixture
 def agent() -> Iterator[RawAgent]:
     raw = RawAgent()
     yield raw
     raw.close()
     assert raw.status == 0, f"the agent ended with status {raw.status}"
+
+
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWUSER = 0x10000000
 
 
 def _spawn(**fields: object) -> bytes:
@@ -115,6 +134,15 @@ def test_stdio_fd_index_without_fds_is_malformed_request(agent: RawAgent) -> Non
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
 
 
+@pytest.mark.parametrize("tag", [0, 99])
+def test_unknown_tags_even_repeated_are_skipped(agent: RawAgent, tag: int) -> None:
+    extra = b"".join(struct.pack("<HI", tag, 1) + value for value in (b"x", b"y"))
+    request = _spawn(auto_proceed=1)
+    body = request[4:] + extra
+    agent.send(struct.pack("<I", len(body)) + body)
+    assert agent.messages()[-1] == _wire.Exited(code=0)
+
+
 def test_request_over_the_cap_is_refused_from_its_header(agent: RawAgent) -> None:
     agent.send(struct.pack("<IH", _wire.MAX_REQUEST + 1, _wire.Spawn.TYPE))
     assert _error(agent.messages()) == ("request_too_big", errno.EMSGSIZE)
@@ -147,10 +175,76 @@ def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) ->
     assert messages[-1] == _wire.Exited(code=4)
 
 
+def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
+    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
+    assert wait_until(lambda: children.read_text().split() != [], 5)
+    workload = int(children.read_text().split()[0])
+    # commands each answered by a NOTICE, and nothing read: the agent's frames fill the
+    # socket, it reads no more commands, and ours fill the socket too
+    agent.sock.setblocking(False)
+    flood = struct.pack("<IH", 2, 0x0777) * 10000
+    with pytest.raises(BlockingIOError):
+        for _ in range(1000):
+            agent.sock.send(flood)
+    # the workload exits meanwhile, and is reaped while its peer still reads nothing
+    assert wait_until(lambda: not Path(f"/proc/{workload}").exists(), 5), "a zombie"
+    messages = agent.messages()
+    notices = [m for m in messages if isinstance(m, _wire.Notice)]
+    assert notices and {n.stage for n in notices} == {b"malformed_command"}
+    lifecycle = [type(m) for m in messages if not isinstance(m, _wire.Notice)]
+    assert lifecycle == [_wire.Spawned, _wire.Ready, _wire.Running, _wire.Exited]
+    assert messages[-1] == _wire.Exited(code=0)
+
+
 def test_eof_before_a_whole_request_ends_the_agent_quietly(agent: RawAgent) -> None:
     agent.send(_spawn()[:7])
     agent.sock.shutdown(socket.SHUT_WR)
     assert agent.messages() == []
+
+
+def test_auto_proceed_child_failing_before_ready_reports_its_own_error() -> None:
+    # Fork-style path (a map the child may not write itself). The agent writes the maps,
+    # then the release byte; long maps keep it busy while the child fails sethostname (a
+    # name too long) and exits, so the byte often finds no reader. The child's error
+    # record is in the report pipe by then and must be what comes out, never the EPIPE.
+    id_map = b"".join(b"%d %d 1\n" % (i, i) for i in range(340))
+    request = _spawn(
+        namespaces=CLONE_NEWUSER | CLONE_NEWUTS,
+        hostname=b"h" * 100,
+        setgroups=b"deny",
+        uid_map=id_map,
+        gid_map=id_map,
+        auto_proceed=1,
+    )
+    for _ in range(40):
+        raw = RawAgent(env={"LINX_AGENT_NO_VFORK": "1"})
+        try:
+            raw.send(request)
+            assert _error(raw.messages()) == ("sethostname", errno.EINVAL)
+        finally:
+            raw.close()
+        assert raw.status == 0
+
+
+def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
+    launcher = RawLauncher()
+    first, first_agent_end = socket.socketpair()
+    second, second_agent_end = socket.socketpair()
+    fds = array.array("i", [first_agent_end.fileno(), second_agent_end.fileno()])
+    frame = _wire.encode(_wire.StartAgent(token=111))
+    launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    first_agent_end.close()
+    second_agent_end.close()
+    # the launcher exits as for any malformed frame; neither socket got an agent, nor is
+    # one kept for a later START_AGENT that brings none
+    assert wait_until(lambda: launcher.exited(), 5), "the launcher took a 2-fd START_AGENT"
+    for ours in (first, second):
+        ours.settimeout(5)
+        assert ours.recv(1) == b"", "an agent holds the socket"
+        ours.close()
+    launcher.close()
+    assert launcher.status == 0
 
 
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:

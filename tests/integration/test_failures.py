@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -172,6 +173,33 @@ def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(
         session = session_factory(["/bin/true"], stdio={"stderr": ("connect_unix", path)})
         error = fails_before_ready(session)
     assert_process_error(error, "connect_unix", errno.ECONNREFUSED)
+
+
+@pytest.mark.slow
+def test_connect_unix_to_a_full_backlog_gives_up_after_five_seconds(
+    session_factory: Factory, short_dir: str
+) -> None:
+    # the agent's connect would otherwise wait for an accept for ever, deaf to Python
+    path = os.path.join(short_dir, "s")
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        listener.bind(path)
+        listener.listen(0)
+        while True:  # never accepted: fill the backlog
+            filler = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            filler.setblocking(False)
+            try:
+                filler.connect(path)
+            except BlockingIOError:
+                break
+        started = time.monotonic()
+        session = session_factory(["/bin/true"], stdio={"stdout": ("connect_unix", path)})
+        events = drain(session, timeout=15)
+        waited = time.monotonic() - started
+    assert [type(e) for e in events] == [linx.Failed], events
+    assert isinstance(events[0], linx.Failed)
+    assert_process_error(events[0].error, "connect_unix", errno.EAGAIN)
+    assert 4 < waited < 10, waited
 
 
 def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
