@@ -5,6 +5,7 @@
 #include "agent.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
@@ -637,6 +638,21 @@ static int exits_within(const struct child *c, uint64_t ms)
 	}
 }
 
+/* fd 2 is the stderr of the Python process that started the launcher: often a pipe that
+ * its own parent reads to EOF (a shell's $(...), subprocess's capture_output). Python is
+ * gone, and waiting out a grace or a linger with it open would keep that reader waiting
+ * for a workload that never had the pipe. What we might still say goes nowhere: nobody
+ * is left to hear it. */
+static void let_go_of_stderr(void)
+{
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || dup2(fd, 2) < 0)
+		diag("orphan stderr", errno);
+	if (fd > 2)
+		close(fd);
+}
+
 static void orphan(struct session *s)
 {
 	s->done = 1;
@@ -646,6 +662,7 @@ static void orphan(struct session *s)
 		child_discard(&s->child);
 		return;
 	}
+	let_go_of_stderr();
 	if (!s->req.orphan_linger) {
 		/* SIGCONT so a stopped workload gets to act on the SIGTERM within the grace */
 		if (pidfd_send_signal(s->child.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)

@@ -216,3 +216,42 @@ def test_signals_to_the_process_group_are_for_the_program_and_its_workload() -> 
     result = run_python(GROUP_SIGNALS_PROGRAM, process_group=0)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["Exited(code=7)", "Exited(code=0)"]
+
+
+# A program whose stderr is a pipe its parent reads to EOF (a shell's $(...), subprocess's
+# capture_output) leaves a workload behind and exits. The workload has stdio of its own and
+# ignores SIGTERM, so its agent waits: for ever with "linger", for the grace otherwise.
+LEAVES_A_WORKLOAD = """
+    import sys
+    import linx
+
+    policy = "linger" if sys.argv[1] == "linger" else ("kill", 30)
+    session = linx.spawn(["/bin/sh", "-c", "trap '' TERM; sleep 30"], stdio="devnull",
+                         auto_proceed=True, orphan_policy=policy)
+    session.events.get(timeout=10)
+    session.events.get(timeout=10)
+    print(session.host_pid, flush=True)
+"""
+
+
+@pytest.mark.parametrize("policy", ["linger", "kill"])
+def test_an_orphaned_agent_does_not_hold_the_callers_stderr(policy: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    started = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(LEAVES_A_WORKLOAD), policy],
+        capture_output=True,
+        text=True,
+        timeout=20,  # the workload runs 30 s: EOF on stderr before then is the point
+        env=env,
+    )
+    assert started.returncode == 0, started.stderr
+    shell = int(started.stdout)
+    assert pid_alive(shell)  # so its agent is still waiting on it
+    for pid in [*_children(shell), shell]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
