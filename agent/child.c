@@ -47,6 +47,15 @@ CHILD_CODE static int rearm_pdeathsig(const struct child_plan *p)
 	return arm_pdeathsig(p);
 }
 
+/* First after release: rooted at the cgroup we were moved to while parked, and before
+ * the id steps, which may take the capability it needs. */
+CHILD_CODE static int step_cgroup_ns(const struct child_plan *p)
+{
+	if ((p->req->namespaces & CLONE_NEWCGROUP) && unshare(CLONE_NEWCGROUP) < 0)
+		return errno;
+	return 0;
+}
+
 CHILD_CODE static int step_stdio(const struct child_plan *p)
 {
 	/* every source is >= 3 (the agent keeps 0/1/2 open), so no dup2 clobbers another */
@@ -157,6 +166,7 @@ static const struct {
 	const char *stage;
 	int (*run)(const struct child_plan *p);
 } steps[] = {
+	{ "unshare_cgroup", step_cgroup_ns },
 	{ "stdio", step_stdio },
 	{ "chdir", step_chdir },
 	{ "setgroups", step_setgroups },
@@ -221,6 +231,8 @@ CHILD_CODE _Noreturn void child_main(const struct child_plan *p)
 
 	if (r->hostname && sethostname(r->hostname, r->hostname_len) < 0)
 		die(p, "sethostname", errno);
+	if ((r->namespaces & CLONE_NEWTIME) && unshare(CLONE_NEWTIME) < 0)
+		die(p, "unshare_time", errno);
 
 	if (report_ready(p->report_wr, (int32_t)getpid()))
 		_exit(127);

@@ -6,6 +6,7 @@
 #ifndef LINX_CHILD_H
 #define LINX_CHILD_H
 
+#include <sched.h>
 #include <sys/types.h>
 
 #include "request.h"
@@ -24,6 +25,14 @@ struct child_plan {
 				 * we exec or exit, so there is no checkpoint, and the id maps are
 				 * ours to write (spawn.c took this path only if we can) */
 };
+
+/* Namespaces the child makes itself with unshare rather than getting them from clone, so
+ * that the caller can shape them at the checkpoint first. A time namespace: the child
+ * unshares it before its ready record, and enters it only at execve, so its offsets can be
+ * written to /proc/<pid>/timens_offsets while it is parked (they are fixed once a process
+ * is in it). A cgroup namespace: the child unshares it right after release, so its root is
+ * the cgroup the child was moved to while parked, not the agent's. */
+#define CHILD_UNSHARED_NS (CLONE_NEWTIME | CLONE_NEWCGROUP)
 
 /* The name (comm) the child takes right before it reports 'E'. execve names a process
  * after its file's basename, which never holds a '/': a dead child still called this never

@@ -117,13 +117,6 @@ static pid_t clone_child(uint64_t ns, int *pidfd, const char **stage)
 		if (r >= 0 || errno != ENOSYS)
 			return (pid_t)r;
 	}
-	/* CLONE_NEWTIME's bit is part of CSIGNAL in the legacy call; unsharing it here puts
-	 * only our children (the one we are about to make) in a new time namespace. */
-	if (ns & CLONE_NEWTIME) {
-		if (unshare(CLONE_NEWTIME) < 0)
-			return -1;
-		ns &= ~(uint64_t)CLONE_NEWTIME;
-	}
 	long r = syscall(SYS_clone, (unsigned long)ns | SIGCHLD, NULL, NULL, NULL, NULL);
 	if (r <= 0)
 		return (pid_t)r;
@@ -202,13 +195,12 @@ static int clears_groups(const struct spawn_req *req)
 }
 
 /* The vfork path (docs/design.md) needs: auto_proceed, since the agent is suspended in
- * clone and cannot release a parked child; no CLONE_NEWTIME, which legacy clone cannot
- * take; and id files the child may write itself (user_namespaces(7): without privilege
- * in the parent namespace, one line mapping its own euid, and its own egid only once
- * setgroups is denied). */
+ * clone and cannot release a parked child; and id files the child may write itself
+ * (user_namespaces(7): without privilege in the parent namespace, one line mapping its own
+ * euid, and its own egid only once setgroups is denied). */
 static int vfork_fits(const struct spawn_req *req)
 {
-	if (!req->auto_proceed || (req->namespaces & CLONE_NEWTIME) || vfork_disabled())
+	if (!req->auto_proceed || vfork_disabled())
 		return 0;
 	if (!req->uid_map && !req->gid_map && !req->setgroups)
 		return 1;
@@ -272,8 +264,8 @@ int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 
 	int pidfd = -1;
 	const char *stage = "clone";
-	pid_t pid = plan.vforked ? vfork_child(&plan, req->namespaces, &pidfd)
-				 : clone_child(req->namespaces, &pidfd, &stage);
+	uint64_t ns = req->namespaces & ~(uint64_t)CHILD_UNSHARED_NS;
+	pid_t pid = plan.vforked ? vfork_child(&plan, ns, &pidfd) : clone_child(ns, &pidfd, &stage);
 	if (pid == 0)
 		child_main(&plan);
 	if (pid < 0) {

@@ -171,13 +171,14 @@ def capture_stdout(
     *,
     wrap: Callable[[int], object] = lambda fd: fd,
     stdio: dict[str, object] | None = None,
+    at_checkpoint: Callable[[linx.Ready], object] = lambda ready: None,
     **options: object,
 ) -> tuple[linx.Session, bytes]:
     """Run `argv` with stdout on a fresh pipe and return the session and all it wrote.
 
     The caller's write end is closed right after `spawn` (linx must hold its own copy), the
-    child is released (unless `auto_proceed`), and the output is read up to EOF, which comes
-    only once no copy of the write end is left anywhere.
+    child is released (unless `auto_proceed`) after `at_checkpoint(ready)`, and the output
+    is read up to EOF, which comes only once no copy of the write end is left anywhere.
     """
     read_end, write_end = os.pipe()
     try:
@@ -186,7 +187,7 @@ def capture_stdout(
         os.close(write_end)
     try:
         if not options.get("auto_proceed"):
-            expect(session, linx.Ready)
+            at_checkpoint(expect(session, linx.Ready))
             session.proceed()
         return session, read_to_eof(read_end)
     finally:

@@ -250,19 +250,22 @@ def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     result = run_python(
         """
+        import os
         import linx
-        s = linx.spawn(["/bin/true"], namespaces=list(linx.Namespace),
+        s = linx.spawn(["/bin/sleep", "30"], namespaces=list(linx.Namespace),
                        uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)])
         ready = s.events.get(timeout=10)
         assert isinstance(ready, linx.Ready), ready
+        s.proceed()
+        assert isinstance(s.events.get(timeout=10), linx.Running)
+        # time and cgroup are the child's own unshares: all eight are there once it runs
         for name in ("user", "mnt", "pid", "uts", "ipc", "net", "cgroup", "time"):
-            import os
             assert os.readlink(f"/proc/{ready.host_pid}/ns/{name}") != os.readlink(
                 f"/proc/self/ns/{name}"), name
-        s.proceed()
+        s.signal(9)
         print(s.wait(10))
         """,
         env={"LINX_AGENT_NO_CLONE3": "1"},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "Exited(code=0)"
+    assert result.stdout.strip() == "Signaled(signum=9)"

@@ -29,8 +29,26 @@ NS_FILES = {
 
 
 def ns_links(pid: int | str) -> dict[str, str]:
-    """The namespace identities (`net:[4026531840]`) of a process, by /proc ns file name."""
-    return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in NS_FILES.values()}
+    """The namespace identities (`net:[4026531840]`) of a process, by /proc ns file name,
+    with `time_for_children`: the time namespace it enters at execve."""
+    files = [*NS_FILES.values(), "time_for_children"]
+    return {name: os.readlink(f"/proc/{pid}/ns/{name}") for name in files}
+
+
+def changed(theirs: dict[str, str], ours: dict[str, str]) -> set[str]:
+    return {name for name in theirs if theirs[name] != ours[name]}
+
+
+# A parked child already has its new namespaces, except two that it makes itself so that the
+# caller can shape them at the checkpoint: a time namespace is entered at execve (its
+# offsets can still be written while the child is parked: it shows as time_for_children),
+# and a cgroup namespace is made at release, rooted where the child was moved meanwhile.
+def new_at_ready(namespace: str) -> set[str]:
+    return {"time": {"time_for_children"}, "cgroup": set()}.get(namespace, {NS_FILES[namespace]})
+
+
+def new_when_running(namespace: str) -> set[str]:
+    return {"time", "time_for_children"} if namespace == "time" else {NS_FILES[namespace]}
 
 
 @pytest.mark.parametrize("namespace", list(NS_FILES))
@@ -38,30 +56,72 @@ def test_spawn_with_one_namespace_changes_only_that_namespace(
     session_factory: Factory, namespace: str
 ) -> None:
     ours = ns_links("self")
-    session = session_factory(["/bin/true"], namespaces=[namespace])
+    session = session_factory(["/bin/sleep", "30"], namespaces=[namespace])
     ready = expect(session, linx.Ready)
-    theirs = ns_links(ready.host_pid)  # the child is parked: it cannot exit under us
-    changed = NS_FILES[namespace]
-    assert theirs[changed] != ours[changed], f"{changed} namespace not new"
-    for name in NS_FILES.values():
-        if name != changed:
-            assert theirs[name] == ours[name], f"{name} namespace changed with only {namespace}"
+    # parked: it cannot exit under us
+    assert changed(ns_links(ready.host_pid), ours) == new_at_ready(namespace)
     session.proceed()
     expect(session, linx.Running)
-    assert expect(session, linx.Exited).code == 0
+    assert changed(ns_links(ready.host_pid), ours) == new_when_running(namespace)
+    session.close()
 
 
 def test_spawn_with_all_eight_namespaces_changes_all_of_them(session_factory: Factory) -> None:
     ours = ns_links("self")
-    session = session_factory(["/bin/true"], namespaces=list(NS_FILES))
+    session = session_factory(["/bin/sleep", "30"], namespaces=list(NS_FILES))
     ready = expect(session, linx.Ready)
-    theirs = ns_links(ready.host_pid)
-    for name in NS_FILES.values():
-        assert theirs[name] != ours[name], f"{name} namespace not new"
-    assert len(set(theirs.values())) == 8
+    assert changed(ns_links(ready.host_pid), ours) == set.union(*map(new_at_ready, NS_FILES))
     session.proceed()
     expect(session, linx.Running)
-    assert expect(session, linx.Exited).code == 0
+    theirs = ns_links(ready.host_pid)
+    assert changed(theirs, ours) == set.union(*map(new_when_running, NS_FILES))
+    assert len({theirs[name] for name in NS_FILES.values()}) == 8
+    session.close()
+
+
+def test_time_offsets_written_at_the_checkpoint_apply_to_the_workload(
+    session_factory: Factory,
+) -> None:
+    day = 86400
+    session, output = capture_stdout(
+        session_factory,
+        ["/bin/cat", "/proc/uptime"],
+        namespaces=["time"],
+        at_checkpoint=lambda ready: Path(f"/proc/{ready.host_pid}/timens_offsets").write_text(
+            f"boottime {day} 0\nmonotonic {day} 0\n"
+        ),
+    )
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    host_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    assert float(output.split()[0]) >= host_uptime + day - 60
+
+
+def _cgroup2_mount() -> Path:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount_point, kind = line.split()[:3]
+        if kind == "cgroup2":
+            return Path(mount_point)
+    pytest.fail("no cgroup2 hierarchy is mounted")
+
+
+def test_a_cgroup_namespace_is_rooted_where_the_child_was_moved_at_the_checkpoint(
+    session_factory: Factory,
+) -> None:
+    # As runc does it: a container sees its own cgroup as "/", never the hierarchy above.
+    cgroup = _cgroup2_mount() / f"linx-test-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        session, output = capture_stdout(
+            session_factory,
+            ["/bin/cat", "/proc/self/cgroup"],
+            namespaces=["cgroup"],
+            at_checkpoint=lambda ready: (cgroup / "cgroup.procs").write_text(str(ready.host_pid)),
+        )
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+    finally:
+        cgroup.rmdir()
+    unified = [line for line in output.decode().splitlines() if line.startswith("0::")]
+    assert unified == ["0::/"], output
 
 
 def test_namespace_enum_values_are_accepted(session_factory: Factory) -> None:

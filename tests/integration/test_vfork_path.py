@@ -263,9 +263,17 @@ SELF_MAPS = {
         ({**SELF_MAPS}, "0", False),
         ({"auto_proceed": True, **SELF_MAPS, "uid_map": [(0, 1000, 1)]}, "0", False),
         ({"auto_proceed": True, **SELF_MAPS, "setgroups": "allow"}, "0", False),
-        ({"auto_proceed": True, "namespaces": ["time"]}, "0", False),
+        ({"auto_proceed": True, "namespaces": ["time", "cgroup"]}, "0", True),
     ],
-    ids=["plain", "self-maps", "no-vfork-hook", "parked", "foreign-map", "setgroups-allow", "time"],
+    ids=[
+        "plain",
+        "self-maps",
+        "no-vfork-hook",
+        "parked",
+        "foreign-map",
+        "setgroups-allow",
+        "time-cgroup",
+    ],
 )
 def test_the_agent_vforks_exactly_when_it_should(
     options: dict[str, object], no_vfork: str, vforked: bool, tmp_path: Path
