@@ -254,6 +254,21 @@ SELF_MAPS = {
 }
 
 
+def _run_traced(strace: list[str], no_vfork: str, code: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter under `strace` (which follows its every process)."""
+    env = _env(no_vfork)
+    # LeakSanitizer cannot run under ptrace; the other sanitizers can
+    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
+    return subprocess.run(
+        [*strace, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "no_vfork", "vforked"),
     [
@@ -279,18 +294,8 @@ def test_the_agent_vforks_exactly_when_it_should(
     options: dict[str, object], no_vfork: str, vforked: bool, tmp_path: Path
 ) -> None:
     trace = tmp_path / "trace"
-    env = _env(no_vfork)
-    # LeakSanitizer cannot run under ptrace; the other sanitizers can
-    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     code = f"OPTIONS = {options!r}\n" + textwrap.dedent(STRACED)
-    done = subprocess.run(
-        [*STRACE_CLONES, "-o", str(trace), sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd="/",
-    )
+    done = _run_traced([*STRACE_CLONES, "-o", str(trace)], no_vfork, code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Exited(code=0)"
     with open(trace) as f:
@@ -333,16 +338,7 @@ print(json.dumps([[type(e).__name__, getattr(getattr(e, "error", None), "stage",
     ids=["vfork", "fork-auto-proceed", "fork-proceed"],
 )
 def test_a_child_killed_on_its_way_into_execve_never_reports_running(path: str, auto: bool) -> None:
-    env = _env(PATHS[path])
-    env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"  # no LSan under ptrace
     code = f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC)
-    done = subprocess.run(
-        [*STRACE_KILL_AT_EXEC, sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd="/",
-    )
+    done = _run_traced(STRACE_KILL_AT_EXEC, PATHS[path], code)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [["Ready", None], ["Failed", "exec_outcome"]]
