@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ from .session import spawn
 EXIT_USAGE = 2  # as argparse exits for the options it checks itself
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_FOUND = 127  # as a shell says it
+WAIT_FOREVER = 3600.0  # sigtimedwait needs a timeout; the loop waits again
 # Default seconds between a forwarded SIGTERM/SIGHUP and the SIGKILL that follows it: the
 # grace of the default orphan policy, so that `kill` on linx ends the workload as `kill -9`
 # would.
@@ -47,11 +49,12 @@ The exit status is the workload's, 128+N if signal N killed it, 125 if it never 
 failing stage and errno are printed on stderr), 127 if the command is not found, and 2
 for a bad command line.
 
-Signals: Ctrl-C reaches the workload from the terminal. SIGTERM or SIGHUP sent to linx
-is passed on, and a workload still running --stop-grace seconds later (5 by default) is
-killed (SIGKILL). With "pid" the workload is its namespace's init, and the kernel drops
-every signal it has no handler for: Ctrl-C does nothing to a plain `sleep`, while `kill`
-on linx ends it after the grace.
+Signals: Ctrl-C reaches the workload from the terminal (and if it dies of it, linx ends
+by SIGINT too, so that a shell stops the loop or script it was in). SIGTERM or SIGHUP
+sent to linx is passed on, and a workload still running --stop-grace seconds later (5 by
+default) is killed (SIGKILL). With "pid" the workload is its namespace's init, and the
+kernel drops every signal it has no handler for: Ctrl-C does nothing to a plain `sleep`,
+while `kill` on linx ends it after the grace.
 """
 
 
@@ -172,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     if not argv:
         _usage_error("no command given (put it after --)")
     options = _spawn_options(args)
+    forwarder = _SignalForwarder(args.stop_grace)  # before the first thread exists
     try:
         command = _resolve(argv[0], options["env"], args.cwd)
         if command is None:
@@ -192,14 +196,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"linx run: {exc}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     with session:
-        escalation = _forward_signals(session, args.stop_grace)
+        forwarder.start(session)
         try:
             outcome = session.wait()
         except ProcessError as exc:
             print(f"linx: {exc.describe()}", file=sys.stderr)
             return EXIT_SETUP_FAILED
-        finally:
-            escalation.cancel()
+    if outcome == Signaled(signum=signal.SIGINT):
+        _die_by_sigint()
     return _exit_status(outcome)
 
 
@@ -220,23 +224,54 @@ def _exit_status(outcome: Event) -> int:
     raise AssertionError(outcome)
 
 
-def _forward_signals(session: Any, grace: float) -> threading.Timer:
-    """SIGTERM/SIGHUP go on to the workload, and a SIGKILL `grace` seconds after the first
-    (the returned timer: cancel it once the workload has ended); the terminal sends
-    SIGINT/SIGQUIT to the workload itself."""
-    escalation = threading.Timer(grace, _send, (session, signal.SIGKILL))
-    escalation.daemon = True
+class _SignalForwarder:
+    """SIGTERM and SIGHUP sent to linx go on to the workload, and a SIGKILL follows `grace`
+    seconds after the first; the terminal sends SIGINT and SIGQUIT to the workload itself.
 
-    def forward(signum: int, _frame: object) -> None:
-        _send(session, signum)
-        if escalation.ident is None:  # the first one starts the grace
-            escalation.start()
+    A thread of its own takes the two with `sigtimedwait`, never a signal handler: a
+    handler runs inside whatever the main thread was doing, the session's lock included,
+    and a second signal arriving in the first one's work (a terminal's hang-up sends two)
+    deadlocked there. Made before any thread exists (the first spawn starts linx's reactor
+    thread), it blocks them in this thread, and so in every thread started after it, for
+    that one to take.
+    """
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, forward)
-    for signum in (signal.SIGINT, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_IGN)
-    return escalation
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGHUP})
+
+    def __init__(self, grace: float) -> None:
+        self._grace = grace
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        for signum in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def start(self, session: Any) -> None:
+        threading.Thread(
+            target=self._forward, args=(session,), name="linx-run-signals", daemon=True
+        ).start()
+
+    def _forward(self, session: Any) -> None:
+        deadline: float | None = None  # of the SIGKILL, once a signal has come
+        killed = False  # once: later signals are still passed on, with no new grace
+        while True:
+            wait = WAIT_FOREVER if deadline is None else max(0.0, deadline - time.monotonic())
+            received = signal.sigtimedwait(self.SIGNALS, wait)
+            if received is not None:
+                _send(session, received.si_signo)
+                if deadline is None and not killed:
+                    deadline = time.monotonic() + self._grace
+            elif deadline is not None and time.monotonic() >= deadline:
+                _send(session, signal.SIGKILL)
+                deadline, killed = None, True
+
+
+def _die_by_sigint() -> None:
+    """End as the workload did, by SIGINT (a Ctrl-C), rather than exit 130: a shell tells
+    the two apart, and stops a loop or script only for a command that a SIGINT killed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def _send(session: Any, signum: int) -> None:

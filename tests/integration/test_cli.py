@@ -190,6 +190,31 @@ def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
         assert proc.stderr is not None and "Signaled" in proc.stderr.read()
 
 
+def test_run_survives_a_burst_of_sigterm_and_sighup_and_still_kills_after_the_grace() -> None:
+    # A terminal's hang-up sends two at once; a handler running linx's work in signal
+    # context deadlocked on the second one arriving inside the first.
+    workload = "trap '' TERM HUP; echo armed >&2; sleep 30"
+    with running_cli("--stop-grace", "1", "--", "/bin/sh", "-c", workload) as proc:
+        assert proc.stderr is not None
+        assert any(line == "armed\n" for line in proc.stderr)  # stops at it
+        for i in range(3000):  # os.kill: Popen.send_signal polls first, too slow a burst
+            os.kill(proc.pid, signal.SIGTERM if i % 2 else signal.SIGHUP)
+        assert proc.wait(timeout=20) == 128 + signal.SIGKILL
+
+
+def test_run_ends_by_sigint_when_its_workload_did(tmp_path: Path) -> None:
+    # So that a shell stops the loop or script it runs linx in on a Ctrl-C, as it would for
+    # the workload itself: it does that only for a command that a SIGINT killed.
+    done = linx_cli("run", "--", "/bin/sh", "-c", "kill -INT $$")
+    assert done.returncode == -signal.SIGINT, done.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script = f'{sys.executable} -m linx run -- /bin/sh -c "kill -INT \\$\\$"; echo $?'
+    shell = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert shell.stdout == "130\n", shell.stderr  # what the shell reads is still 128+n
+
+
 @pytest.mark.parametrize("grace", [None, 1.0], ids=["default-grace", "stop-grace-1"])
 def test_run_kills_a_workload_that_outlives_a_forwarded_sigterm_by_the_grace(
     grace: float | None,
