@@ -94,7 +94,10 @@ class Session:
             await asyncio.wait_for(asyncio.wrap_future(channel.outcome.future()), CLOSE_TIMEOUT)
         except TimeoutError:
             log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
-        channel.finish_close()
+        finally:
+            # cancelled meanwhile (a second cancel, asyncio.run's shutdown), it is closed all
+            # the same: the kill is sent, and `async with` promises a closed session
+            channel.finish_close()
 
     async def __aenter__(self) -> Session:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import subprocess
 import sys
@@ -82,6 +83,34 @@ def test_aio_async_with_kills_a_running_session_on_exit() -> None:
         assert session.exit_reason == ("signaled", 9)
 
     asyncio.run(main())
+
+
+def test_aio_async_with_cancelled_again_while_closing_still_closes() -> None:
+    # A second cancel lands in __aexit__'s wait for the end (wait_for, a TaskGroup,
+    # asyncio.run's shutdown all cancel again): the session must be closed all the same.
+    async def main() -> linx.aio.Session:
+        sessions: list[linx.aio.Session] = []
+
+        async def body() -> None:
+            async with await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True) as s:
+                sessions.append(s)
+                await asyncio.sleep(30)
+
+        task = asyncio.ensure_future(body())
+        while not sessions:
+            await asyncio.sleep(0.01)
+        task.cancel()  # into the body: __aexit__ starts closing
+        await asyncio.sleep(0)
+        task.cancel()  # into aclose's wait
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return sessions[0]
+
+    session = asyncio.run(main())
+    with pytest.raises(linx.NoProcess):
+        session.info()
+    pid = session.host_pid
+    assert pid is not None and wait_until(lambda: not pid_alive(pid))
 
 
 def test_aio_wait_timeout_raises_timeout_error_and_leaves_the_session_alive() -> None:
