@@ -7,6 +7,12 @@ creates goes through here, and one that lands below 3 is moved up (close-on-exec
 linx's fds are). The kernel gives out the lowest free fd, so for a moment such an fd is
 below 3 anyway: creating and moving it happen under one lock, and so does the copying of
 a caller's fd for "inherit". No thread of linx then sees another's fd in 0 to 2.
+
+It also keeps every socket it makes, weakly, for a child forked by `os.fork()`: the child
+closes those still open, so that no copy of a session's socket outlives its use in the
+parent (an agent that did not see EOF when its session was dropped would not end its
+workload). That covers the sockets of a spawn under way in another thread at the fork,
+which no session or runtime table holds yet; the fork waits for any fd being made.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import os
 import select
 import socket
 import threading
+import weakref
 from collections.abc import Callable
 
 FIRST_FREE = 3  # the lowest fd linx may hold
 _placing = threading.Lock()
+_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # see the module's doc
 
 
 def new(make: Callable[[], int]) -> int:
@@ -40,11 +48,21 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     with _placing:
         first, second = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            return _lifted_socket(first), _lifted_socket(second)
+            pair = _lifted_socket(first), _lifted_socket(second)
         except BaseException:
             first.close()  # a detached one closes nothing more
             second.close()
             raise
+        _sockets.update(pair)
+        return pair
+
+
+def duplicate_socket(sock: socket.socket, at_least: int) -> socket.socket:
+    """A close-on-exec copy of `sock` at `at_least` or above, kept like the others."""
+    with _placing:
+        copy = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, at_least))
+        _sockets.add(copy)
+        return copy
 
 
 def epoll() -> select.epoll:
@@ -78,10 +96,22 @@ def _lifted_socket(sock: socket.socket) -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=_lifted(sock.detach()))
 
 
+def _before_fork() -> None:
+    _placing.acquire()  # no fd is half made (a raw one not yet kept) at the fork
+
+
+def _after_fork_in_parent() -> None:
+    _placing.release()
+
+
 def _after_fork_in_child() -> None:
-    # Another thread may have held the lock at the fork; it does not exist in the child.
     global _placing
-    _placing = threading.Lock()
+    _placing = threading.Lock()  # a fresh one: this child's threads are new
+    for sock in list(_sockets):
+        sock.close()  # closed already, it closes nothing
+    _sockets.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)

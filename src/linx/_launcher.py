@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import errno
-import fcntl
 import logging
 import os
 import select
@@ -186,7 +185,7 @@ class Launcher:
 def _start_process() -> tuple[socket.socket, int, int]:
     ours, pair_end = _fds.socketpair()
     # Above fd 3, so the DUP2 below always makes a fresh, inheritable fd 3.
-    theirs = socket.socket(fileno=fcntl.fcntl(pair_end.fileno(), fcntl.F_DUPFD_CLOEXEC, 10))
+    theirs = _fds.duplicate_socket(pair_end, 10)
     pair_end.close()
     try:
         pid = os.posix_spawn(

@@ -419,23 +419,27 @@ def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected()
         running.close()
 
 
-def test_a_child_forked_while_another_thread_places_an_fd_can_still_spawn() -> None:
-    # linx makes its fds under a lock (_fds.py). A thread of the parent holds it at the
-    # fork; that thread does not exist in the child, which must not wait for it for ever.
+def test_a_fork_while_another_thread_places_an_fd_waits_and_the_child_can_spawn() -> None:
+    # linx makes its fds under a lock (_fds.py), and a fork waits for it: no fd is half made
+    # at the fork (a raw one the child could not know to close). The child gets a fresh
+    # lock, since the thread that held it does not exist there.
     from linx import _fds
 
     holding, release = threading.Event(), threading.Event()
+    released_at: list[float] = []
 
     def hold() -> None:
         with _fds._placing:
             holding.set()
-            release.wait(10)
+            release.wait(0.3)
+            released_at.append(time.monotonic())
 
     holder = threading.Thread(target=hold)
     holder.start()
     try:
         assert holding.wait(10)
         pid = os.fork()
+        forked_at = time.monotonic()
         if pid == 0:  # the child: never return into pytest
             status = 1
             try:
@@ -459,6 +463,53 @@ def test_a_child_forked_while_another_thread_places_an_fd_can_still_spawn() -> N
         os.waitpid(pid, 0)
         raise AssertionError("the forked child hangs on linx's fd lock")
     assert ended == [0]
+    assert forked_at >= released_at[0]  # the fork waited for the fd being made
+
+
+# A thread spawns while the main thread forks a child that lives on (a multiprocessing
+# worker, say); the parent then drops the session. Its agent must see EOF, and so end the
+# workload, although the spawn was under way at the fork, its socket in no table yet.
+FORK_DURING_SPAWN = """
+    import os, threading, time
+    import linx
+
+    def workload_outlives_its_dropped_session(delay):
+        made, go = {}, threading.Barrier(2)
+
+        def spawn():
+            go.wait()
+            made["session"] = linx.spawn(["/bin/sleep", "1000"], auto_proceed=True,
+                                         stdio="devnull", orphan_policy=("kill", 0.0))
+
+        spawner = threading.Thread(target=spawn)
+        spawner.start()
+        go.wait()
+        time.sleep(delay)  # the fork lands at different points of the spawn
+        child = os.fork()
+        if child == 0:
+            time.sleep(5)
+            os._exit(0)
+        spawner.join()
+        session = made.pop("session")
+        assert isinstance(session.events.get(timeout=10), linx.Ready)
+        workload = session.host_pid
+        del session
+        deadline = time.monotonic() + 2
+        while os.path.exists(f"/proc/{workload}") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        return os.path.exists(f"/proc/{workload}")
+
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the launcher is up
+    print(sum(workload_outlives_its_dropped_session(i % 20 * 0.00005) for i in range(40)))
+"""
+
+
+def test_a_child_forked_during_a_spawn_keeps_no_copy_of_its_socket() -> None:
+    result = run_python(FORK_DURING_SPAWN, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
 
 
 def _has_stage(session: linx.Session, stage: linx.Stage) -> bool:
