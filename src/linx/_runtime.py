@@ -291,8 +291,15 @@ class Runtime:
     def _launcher_gone(self, launcher: Launcher) -> None:
         with self._lock:
             orphans = [t for t, c in self._agents.items() if c.launcher is launcher]
+            spare = self._spare if self._spare and self._spare.launcher is launcher else None
+            if spare is not None:
+                self._spare = None
         for token in orphans:
             self._tell(token, lambda channel: channel.agent_exited(None))
+        if spare is not None:
+            # never to be handed to a spawn (_take_spare): let it go now, not at the next
+            # spawn, which may never come
+            self._discard(spare)
 
     # --- fork ---------------------------------------------------------------------------
 

@@ -180,6 +180,21 @@ def test_sigkilled_launcher_leaves_running_sessions_alone_and_is_replaced() -> N
     assert replacement.pid != launcher.pid
 
 
+def test_the_spare_agent_of_a_dead_launcher_ends_without_waiting_for_a_spawn() -> None:
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    runtime = get_runtime()
+    launcher = runtime._launcher
+    assert launcher is not None
+    assert wait_until(lambda: runtime._spare is not None)
+    children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+    spare_pids = [int(pid) for pid in children.read_text().split()]
+    assert len(spare_pids) == 1  # no session runs: the one agent is the spare
+    os.kill(launcher.pid, signal.SIGKILL)
+    # it can never serve a spawn, so linx lets it go (EOF) at once, not at the next spawn
+    assert wait_until(lambda: runtime._spare is None)
+    assert wait_until(lambda: not pid_alive(spare_pids[0]))
+
+
 # A program in a process group of its own, as a shell job or a service is. It handles or
 # ignores what a terminal (Ctrl-C, Ctrl-Z, hang-up: `nohup`) or a supervisor (SIGTERM to
 # every process of a service) sends the whole group, and so does its workload, which stops
