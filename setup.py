@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from setuptools import Distribution, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -50,4 +51,17 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithAgent}, distclass=BinaryDistribution)
+class PlatformWheel(bdist_wheel):
+    """Tagged for the platform only: the program is not a Python extension, so any
+    Python 3 from 3.11 on can run the wheel (the default tag names the building CPython's
+    ABI, refused by every other)."""
+
+    def get_tag(self) -> tuple[str, str, str]:
+        _, _, platform = super().get_tag()
+        return "py3", "none", platform
+
+
+setup(
+    cmdclass={"build_py": BuildPyWithAgent, "bdist_wheel": PlatformWheel},
+    distclass=BinaryDistribution,
+)

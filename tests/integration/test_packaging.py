@@ -1,0 +1,41 @@
+"""The distributions `python -m build` makes: an sdist that builds (`pip install` of it
+compiles the agent) and a wheel any Python 3 of this platform takes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.slow
+def test_the_sdist_carries_the_agents_sources_and_builds_a_platform_wheel(tmp_path: Path) -> None:
+    # `python -m build` makes the sdist, then the wheel from the unpacked sdist: a source
+    # missing from the sdist fails the second step.
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (sdist,) = tmp_path.glob("linx-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {
+            Path(name).relative_to(Path(name).parts[0]).as_posix() for name in archive.getnames()
+        }
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "agent").glob("*.[ch]")}
+    assert sources <= names
+    assert {"README.md", "docs/design.md", "docs/protocol.md"} <= names
+    assert not any(name.startswith("agent/build/") for name in names)
+    (wheel,) = tmp_path.glob("linx-*.whl")
+    # no extension module: any Python 3 of this platform, not only the one that built it
+    assert wheel.name.split("-")[2:4] == ["py3", "none"]
+    with zipfile.ZipFile(wheel) as archive:
+        assert {"linx/_bin/linx-agent", "linx/py.typed"} <= set(archive.namelist())
