@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from linx.cli import STOP_GRACE
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 
 def linx_cli(
@@ -190,13 +190,15 @@ def test_run_forwards_sigterm_to_the_workload_and_exits_143() -> None:
         assert proc.stderr is not None and "Signaled" in proc.stderr.read()
 
 
-def test_run_survives_a_burst_of_sigterm_and_sighup_and_still_kills_after_the_grace() -> None:
+def test_run_survives_a_burst_of_sigterm_and_sighup_and_still_kills_after_the_grace(
+    tmp_path: Path,
+) -> None:
     # A terminal's hang-up sends two at once; a handler running linx's work in signal
     # context deadlocked on the second one arriving inside the first.
-    workload = "trap '' TERM HUP; echo armed >&2; sleep 30"
+    armed = tmp_path / "armed"  # not on stderr: that may come before linx's Running line
+    workload = f"trap '' TERM HUP; touch {armed}; sleep 30"
     with running_cli("--stop-grace", "1", "--", "/bin/sh", "-c", workload) as proc:
-        assert proc.stderr is not None
-        assert any(line == "armed\n" for line in proc.stderr)  # stops at it
+        assert wait_until(armed.exists)
         for i in range(3000):  # os.kill: Popen.send_signal polls first, too slow a burst
             os.kill(proc.pid, signal.SIGTERM if i % 2 else signal.SIGHUP)
         assert proc.wait(timeout=20) == 128 + signal.SIGKILL
