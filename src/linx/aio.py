@@ -24,6 +24,7 @@ from .session import CLOSE_TIMEOUT, _unwrap
 __all__ = ["Session", "spawn"]
 
 log = logging.getLogger("linx")
+_PRIVATE = object()
 
 
 class Session:
@@ -32,7 +33,9 @@ class Session:
     events: asyncio.Queue[Event] | None
     """The default owner (an `asyncio.Queue`) when no `owner` was given, else `None`."""
 
-    def __init__(self, events: asyncio.Queue[Event] | None) -> None:
+    def __init__(self, events: asyncio.Queue[Event] | None, *, _token: object = None) -> None:
+        if _token is not _PRIVATE:
+            raise TypeError("use await linx.aio.spawn() to create a linx.aio.Session")
         self._core: _sync.Session  # bound by `_bind` before any event is delivered
         self.events = events
 
@@ -118,6 +121,6 @@ async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: An
     events: asyncio.Queue[Event] | None = asyncio.Queue() if owner is None else None
     # Made first, so that every event names it (weakly: it is in no reference cycle), and
     # bound to its core before an owner can see an event.
-    session = Session(events)
+    session = Session(events, _token=_PRIVATE)
     _sync._start_plan(plan, owner, default_owner=events, front=session)
     return session

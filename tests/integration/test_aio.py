@@ -268,3 +268,11 @@ asyncio.run(main())
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert out == ["Ready", "Running", "Exited"]
+
+
+def test_sessions_are_made_by_spawn_only() -> None:
+    # made directly, an aio session had no core, and every use failed with AttributeError
+    with pytest.raises(TypeError, match=r"linx\.spawn\(\)"):
+        linx.Session()
+    with pytest.raises(TypeError, match=r"linx\.aio\.spawn\(\)"):
+        linx.aio.Session(None)
