@@ -23,6 +23,7 @@ from ._owners import Deliver, deliver_all
 from ._reactor import Reactor
 from ._settled import Settled
 from ._state import Info, SessionState, exit_reason
+from ._types import ExitReason
 from .errors import NoProcess, ProcessError
 from .events import Event, Outcome
 
@@ -71,7 +72,7 @@ class Channel:
         self._out: collections.deque[_Outgoing] = collections.deque()
         self._want_write = False
         self.closed = False
-        self.exit_reason: object = None
+        self.exit_reason: ExitReason | None = None
         self.launcher: object = None
         # Called once Python needs no more word of the agent (terminal, or released by
         # us); the runtime drops its entry then. Idempotent.

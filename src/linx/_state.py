@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import _wire
+from ._types import ExitReason
 from .errors import AlreadyRunning, NoProcess, NoPty, NotReady, ProcessError
 from .events import Aborted, Event, Exited, Failed, Outcome, Ready, Running, Signaled
 
@@ -215,7 +216,7 @@ class SessionState:
         return [outcome]
 
 
-def exit_reason(result: Outcome | ProcessError) -> object:
+def exit_reason(result: Outcome | ProcessError) -> ExitReason:
     """The reference's mapping from a terminal outcome to a supervisor exit reason."""
     if isinstance(result, Exited):
         return "normal" if result.code == 0 else ("exited", result.code)

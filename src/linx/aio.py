@@ -10,13 +10,16 @@ futures completed by the reactor thread. The default owner is an `asyncio.Queue`
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from . import _options
 from . import session as _sync
 from ._state import Info
+from ._types import ExitReason, Owner
 from .errors import NoProcess
 from .events import Event, Outcome
 from .session import CLOSE_TIMEOUT, _unwrap
@@ -25,6 +28,8 @@ __all__ = ["Session", "spawn"]
 
 log = logging.getLogger("linx")
 _PRIVATE = object()
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Session:
@@ -47,11 +52,11 @@ class Session:
         return self._core.host_pid
 
     @property
-    def owner(self) -> Any:
+    def owner(self) -> Owner:
         return self._core.owner
 
     @property
-    def exit_reason(self) -> object:
+    def exit_reason(self) -> ExitReason | None:
         return self._core.exit_reason
 
     def proceed(self) -> None:
@@ -66,7 +71,7 @@ class Session:
     def info(self) -> Info:
         return self._core.info()
 
-    def set_owner(self, owner: Any) -> None:
+    def set_owner(self, owner: Owner) -> None:
         self._core.set_owner(owner)
 
     def pty_write(self, data: bytes) -> None:
@@ -115,6 +120,31 @@ class Session:
         return repr(core).replace("linx.Session", "linx.aio.Session")
 
 
+def _takes_the_options_of(
+    sync: Callable[P, object],
+) -> Callable[[Callable[..., Coroutine[Any, Any, T]]], Callable[P, Coroutine[Any, Any, T]]]:
+    """Gives a coroutine function `sync`'s parameters, for the type checker and at the
+    call, so that the two fronts cannot drift apart (nor be written out twice)."""
+    signature = inspect.signature(sync)
+
+    def mirror(
+        function: Callable[..., Coroutine[Any, Any, T]],
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        @functools.wraps(function)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:  # before the coroutine exists: no "never awaited"
+                raise TypeError(f"linx.aio.spawn(): {exc}") from None
+            return function(*args, **kwargs)
+
+        checked.__signature__ = signature  # type: ignore[attr-defined]  # for help()
+        return checked
+
+    return mirror
+
+
+@_takes_the_options_of(_sync.spawn)
 async def spawn(argv: Sequence[str | bytes], *, owner: Any = None, **options: Any) -> Session:
     """As `linx.spawn()`, with an `asyncio.Queue` fed on this loop as the default owner."""
     plan = _options.plan_spawn(argv, owner=owner, **options)

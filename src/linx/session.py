@@ -29,6 +29,7 @@ from ._channel import Channel
 from ._owners import Deliver, make_deliver
 from ._runtime import get_runtime
 from ._state import Info, SessionState
+from ._types import EnvArg, ExitReason, OrphanPolicy, Owner, PathArg, StdioArg
 from .errors import NoProcess, ProcessError
 from .events import Event, Outcome
 
@@ -153,13 +154,17 @@ class Session:
         return self._channel.state.host_pid
 
     @property
-    def owner(self) -> Any:
+    def owner(self) -> Owner:
         """Who receives this session's events."""
         owner = self._owner
-        return self.events if owner is _UNMADE else owner
+        if owner is not _UNMADE:
+            return owner  # type: ignore[no-any-return]  # what set_owner/spawn took
+        events = self.events  # the default owner, made now if need be
+        assert events is not None
+        return events
 
     @property
-    def exit_reason(self) -> object:
+    def exit_reason(self) -> ExitReason | None:
         """The reference's exit reason once terminal (`"normal"`, `("exited", n)`, ...)."""
         return self._channel.exit_reason
 
@@ -217,7 +222,7 @@ class Session:
         """Set the workload's terminal size. Raises `NoPty` without `stdio="pty"`."""
         self._channel.send(_require_pty)
 
-    def set_owner(self, owner: Any) -> None:
+    def set_owner(self, owner: Owner) -> None:
         """Send events from now on to `owner` (past events are not replayed)."""
         deliver = make_deliver(owner)
         self._channel.set_deliver(deliver)
@@ -309,14 +314,14 @@ def spawn(
     argv: Sequence[str | bytes],
     *,
     namespaces: Sequence[str] = (),
-    env: Any = None,
-    cwd: Any = None,
-    stdio: Any = "inherit",
-    owner: Any = None,
+    env: EnvArg | None = None,
+    cwd: PathArg | None = None,
+    stdio: StdioArg = "inherit",
+    owner: Owner | None = None,
     linger: bool = True,
     auto_proceed: bool = False,
     no_new_privs: bool = False,
-    orphan_policy: Any = ("kill", 5.0),
+    orphan_policy: OrphanPolicy = ("kill", 5.0),
     hostname: str | bytes | None = None,
     uid_map: Sequence[tuple[int, int, int]] | None = None,
     gid_map: Sequence[tuple[int, int, int]] | None = None,
