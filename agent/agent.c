@@ -336,10 +336,9 @@ static void exec_outcome(struct session *s)
 		fail(s, "exec_outcome", bad ? EPROTO : EIO);
 		return;
 	}
-	int took = child_exec_took(&s->child);
-	if (took <= 0) {
+	if (!child_exec_took(&s->child)) {
 		/* killed between its 'E' and execve: it never ran, so no RUNNING */
-		fail(s, "exec_outcome", took ? -took : EIO);
+		fail(s, "exec_outcome", EIO);
 		return;
 	}
 	close_fd(&s->child.report_rd);

@@ -35,7 +35,7 @@
 static int connect_unix(const struct stdio_spec *s, int *out, struct fail *f)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval limit = { .tv_sec = CONNECT_UNIX_TIMEOUT_S };
+	struct timeval limit = { .tv_sec = CONNECT_UNIX_TIMEOUT_S }, none = { 0 };
 
 	if (s->path_len >= sizeof(sa.sun_path))
 		return fail_set(f, "connect_unix", ENAMETOOLONG);
@@ -43,16 +43,18 @@ static int connect_unix(const struct stdio_spec *s, int *out, struct fail *f)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return fail_set(f, "connect_unix", errno);
-	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit)) < 0) {
-		int err = errno;
-		close(fd);
-		return fail_set(f, "connect_unix", err);
-	}
 	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + s->path_len + 1);
-	while (connect(fd, (struct sockaddr *)&sa, len) < 0) {
-		if (errno == EINTR)
-			continue;
-		int err = errno;
+	int err = 0;
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof(limit)) < 0)
+		err = errno;
+	while (!err && connect(fd, (struct sockaddr *)&sa, len) < 0) {
+		if (errno != EINTR)
+			err = errno;
+	}
+	/* the limit was ours, for the connect: the workload's writes wait as long as they must */
+	if (!err && setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof(none)) < 0)
+		err = errno;
+	if (err) {
 		close(fd);
 		return fail_set(f, "connect_unix", err);
 	}
@@ -194,6 +196,20 @@ static int clears_groups(const struct spawn_req *req)
 	return (req->has_uid && req->uid != geteuid()) || (req->has_gid && req->gid != getegid());
 }
 
+/* A new user namespace is another identity, and the caller's supplementary groups (a
+ * root caller's 0, disk, shadow...) would go into it: unmapped there, but still in force on
+ * the host's files, and with setgroups denied the child could not drop them. The agent has
+ * no use for them after connect_unix, so it drops them before the clone where it may. An
+ * unprivileged caller may not (EPERM), and its groups are no more than its own. */
+static int drop_groups_for_user_ns(const struct spawn_req *req, struct fail *f)
+{
+	if (!(req->namespaces & CLONE_NEWUSER) || syscall(SYS_setgroups, 0, NULL) == 0)
+		return 0;
+	if (errno == EPERM)
+		return 0;
+	return fail_set(f, "drop_groups", errno);
+}
+
 /* The vfork path (docs/design.md) needs: auto_proceed, since the agent is suspended in
  * clone and cannot release a parked child; and id files the child may write itself
  * (user_namespaces(7): without privilege in the parent namespace, one line mapping its own
@@ -244,6 +260,8 @@ int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 	plan.req = req;
 	plan.agent_pid = getpid();
 	if (prepare_stdio(req, passed, &plan, owned, f))
+		goto out;
+	if (drop_groups_for_user_ns(req, f))
 		goto out;
 	plan.vforked = vfork_fits(req);
 	plan.clear_groups = clears_groups(req);
@@ -334,27 +352,37 @@ void child_release_ns(struct child *c)
 	close_fd(&c->mnt_ns);
 }
 
+/* From /proc/<pid>/stat: "pid (comm) state ppid pgrp session tty tpgid flags ...". */
+#define PF_EXITING_FLAG 0x4u	/* include/linux/sched.h: getting shut down */
+
 int child_exec_took(const struct child *c)
 {
-	siginfo_t si = { 0 };
-	char path[64], name[sizeof(CHILD_PRE_EXEC_NAME) + 1];
+	char path[64], stat[512];
 
-	/* alive: only execve closes its CLOEXEC end of the pipe while it lives */
-	if (waitid(P_PIDFD, (id_t)c->pidfd, &si, WEXITED | WNOHANG | WNOWAIT) < 0)
-		return -errno;
-	if (si.si_pid == 0)
-		return 1;
-	/* dead, not reaped yet (WNOWAIT): a zombie keeps its last name */
-	snprintf(path, sizeof(path), "/proc/%d/comm", (int)c->pid);
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)c->pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return -errno;
-	ssize_t n = read_some(fd, name, sizeof(name));
+		return 1;	/* no /proc of ours to ask (see spawn.h): not a failure */
+	ssize_t n = read_some(fd, stat, sizeof(stat) - 1);
 	close(fd);
-	if (n < 0)
-		return (int)n;
-	static const char pre_exec[] = CHILD_PRE_EXEC_NAME "\n";
-	return !((size_t)n == sizeof(pre_exec) - 1 && memcmp(name, pre_exec, (size_t)n) == 0);
+	if (n <= 0)
+		return 1;
+	stat[n] = '\0';
+	const char *open_paren = strchr(stat, '('), *close_paren = strrchr(stat, ')');
+	if (!open_paren || !close_paren || close_paren < open_paren)
+		return 1;
+	size_t len = (size_t)(close_paren - open_paren - 1);
+	if (len != strlen(CHILD_PRE_EXEC_NAME) ||
+	    memcmp(open_paren + 1, CHILD_PRE_EXEC_NAME, len) != 0)
+		return 1;	/* renamed by execve, which names it after its file */
+	char state;
+	unsigned flags;
+	if (sscanf(close_paren + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2)
+		return 1;
+	/* Still so named: dying, it never got through execve; alive and not exiting, it is
+	 * inside execve past the point of no return (the vforking agent wakes there, before
+	 * execve renames it). */
+	return !(state == 'Z' || state == 'X' || (flags & PF_EXITING_FLAG));
 }
 
 void child_kill(struct child *c)

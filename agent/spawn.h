@@ -43,9 +43,11 @@ int spawn_hold_mnt_ns(struct child *c);
 /* Drops that reference; for once the terminal frame is written. */
 void child_release_ns(struct child *c);
 
-/* After 'E' and the report pipe's EOF: 1 if the child got through execve, 0 if it died
- * on its way in (killed between the 'E' and execve's point of no return), or a negative
- * errno if that cannot be told. */
+/* After 'E' and the report pipe's EOF (or, vforked, clone's return): 0 if the child is
+ * dying, or dead, without having got through execve (killed between the 'E' and execve's
+ * point of no return), else 1. Read from /proc/<pid>/stat; where that is not ours to
+ * read (no /proc, or another pid namespace's), it cannot tell, and says 1: the workload's
+ * outcome follows anyway, and a workload that ran must never be reported as failed. */
 int child_exec_took(const struct child *c);
 
 /* SIGKILL via the pidfd. */

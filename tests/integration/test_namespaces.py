@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import linx
-from tests.conftest import Pipe, capture_stdout, expect, run_python
+from tests.conftest import ROOT, Pipe, capture_stdout, expect, run_python
 
 Factory = Callable[..., linx.Session]
 
@@ -230,6 +232,10 @@ GROUPS_PROGRAM = """
         "user namespace, setgroups allow": {
             "namespaces": ["user"], "setgroups": "allow", **root_map
         },
+        "user namespace, foreign map": {
+            "namespaces": ["user"], "uid_map": [(0, 100000, 1)], "gid_map": [(0, 100000, 1)],
+            "uid": 0, "gid": 0,
+        },
     }
     seen = {}
     for name, options in cases.items():
@@ -246,8 +252,9 @@ GROUPS_PROGRAM = """
 
 def test_a_uid_or_gid_without_groups_drops_the_callers_supplementary_groups() -> None:
     # As runc sets process.user: groups are cleared wherever they can be. Kept when the ids
-    # stay the caller's (nothing is dropped) and where setgroups is denied (the kernel's
-    # point: groups cannot be dropped in that user namespace).
+    # stay the caller's (nothing is dropped). A new user namespace never takes them in (the
+    # agent drops them before the clone): unmapped there, they would still open the host's
+    # files to the workload, a root caller's group 42 /etc/shadow, say.
     result = run_python(GROUPS_PROGRAM)
     assert result.returncode == 0, result.stderr
     kept = ["0", "6", "42"]
@@ -258,9 +265,37 @@ def test_a_uid_or_gid_without_groups_drops_the_callers_supplementary_groups() ->
         "groups given": ["100"],
         "same ids": kept,
         "no ids": kept,
-        "user namespace, setgroups deny": ["0", "65534", "65534"],
+        "user namespace, setgroups deny": [],
         "user namespace, setgroups allow": [],
+        "user namespace, foreign map": [],
     }
+
+
+def test_other_ids_work_where_the_callers_user_namespace_denies_setgroups() -> None:
+    # The caller itself runs in a user namespace whose setgroups is "deny" (an `unshare -r`
+    # sandbox, say): its groups cannot be dropped there, so they stay, and the spawn works.
+    inner = textwrap.dedent(
+        """
+        import linx
+        print(linx.spawn(["/bin/true"], uid=1000, gid=1000, auto_proceed=True).wait(10))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    wide = [(0, 0, 65536)]
+    session, output = capture_stdout(
+        linx.spawn,
+        [sys.executable, "-c", inner],
+        namespaces=["user"],
+        uid_map=wide,
+        gid_map=wide,
+        setgroups="deny",
+        uid=0,
+        gid=0,
+        env=env,
+        auto_proceed=True,
+    )
+    assert session.wait(timeout=30) == linx.Exited(code=0)
+    assert output == b"Exited(code=0)\n"
 
 
 def test_env_and_cwd_follow_the_caller_after_the_launcher_started(

@@ -202,8 +202,15 @@ SPARE_OF_A_DEAD_LAUNCHER = """
     runtime = get_runtime()
     assert until(lambda: runtime._spare is not None)
     launcher = runtime._launcher.pid
-    with open(f"/proc/{launcher}/task/{launcher}/children") as f:
-        (spare,) = map(int, f.read().split())  # no session runs: its one agent is the spare
+
+    def agents():
+        with open(f"/proc/{launcher}/task/{launcher}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+
+    # once the first session's agent has exited (slowly under a sanitizer's leak check),
+    # the one left is the spare
+    assert until(lambda: len(agents()) == 1)
+    (spare,) = agents()
     os.kill(launcher, signal.SIGKILL)
     print(until(lambda: runtime._spare is None), until(lambda: not alive(spare)))
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -147,6 +148,25 @@ def test_connect_unix_sends_output_to_a_listening_socket(
     expect(session, linx.Ready)  # connected host-side before the clone
     session.proceed()
     assert accept_and_read(server) == b"over-unix\n"
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
+def test_a_connect_unix_stream_has_no_send_timeout_left_on_it(
+    session_factory: Factory, unix_listener: tuple[str, socket.socket]
+) -> None:
+    # The agent bounds its own connect with SO_SNDTIMEO; left on, a workload writing to a
+    # reader that pauses longer got EAGAIN.
+    path, server = unix_listener
+    report = (
+        "import socket; s = socket.socket(fileno=1); "
+        "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16).hex()); s.detach()"
+    )
+    session = session_factory(
+        [sys.executable, "-c", report],
+        stdio={"stdout": ("connect_unix", path)},
+        auto_proceed=True,
+    )
+    assert accept_and_read(server) == b"00" * 16 + b"\n"
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 

@@ -309,27 +309,36 @@ def test_the_agent_vforks_exactly_when_it_should(
 
 # --- a child killed on its way into execve ------------------------------------------------
 
-# strace kills every process on entry to an execve of the workload's file: the child has
-# written its exec marker and closes the report pipe by dying, as a successful exec would.
-STRACE_KILL_AT_EXEC = [
-    "strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=execve",
-    "-e", "inject=execve:signal=KILL", "-P", "/usr/bin/sleep",
-]  # fmt: skip
+# Every child dies on entry to execve (a seccomp filter the agent runs under, from
+# helpers/kill_at_execve.c), after its exec marker: it closes the report pipe as a
+# successful exec would, and dies a moment later. At full speed, with no tracer to slow the
+# agent down, that moment is a race the agent must not lose.
 KILLED_AT_EXEC = """
-import json, linx
-session = linx.spawn(["/usr/bin/sleep", "5"], auto_proceed=AUTO)
-events = []
-if not AUTO:
-    events.append(session.events.get(timeout=20))
-    session.proceed()
-try:
-    session.wait(20)
-except linx.ProcessError:
-    pass
-events += [session.events.get_nowait() for _ in range(session.events.qsize())]
-print(json.dumps([[type(e).__name__, getattr(getattr(e, "error", None), "stage", None)]
-                  for e in events]))
+import collections, json, linx
+seen = collections.Counter()
+for _ in range(40):
+    session = linx.spawn(["/usr/bin/sleep", "5"], auto_proceed=AUTO)
+    events = []
+    if not AUTO:
+        events.append(session.events.get(timeout=20))
+        session.proceed()
+    try:
+        session.wait(20)
+    except linx.ProcessError:
+        pass
+    events += [session.events.get_nowait() for _ in range(session.events.qsize())]
+    seen[json.dumps([[type(e).__name__, getattr(getattr(e, "error", None), "stage", None)]
+                     for e in events])] += 1
+print(json.dumps(dict(seen)))
 """
+
+
+@pytest.fixture(scope="module")
+def kill_at_execve(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    program = tmp_path_factory.mktemp("helpers") / "kill_at_execve"
+    source = Path(__file__).parent / "helpers" / "kill_at_execve.c"
+    subprocess.run(["cc", "-O2", "-o", str(program), str(source)], check=True)
+    return program
 
 
 @pytest.mark.parametrize(
@@ -337,8 +346,19 @@ print(json.dumps([[type(e).__name__, getattr(getattr(e, "error", None), "stage",
     [("vfork", True), ("fork", True), ("fork", False)],
     ids=["vfork", "fork-auto-proceed", "fork-proceed"],
 )
-def test_a_child_killed_on_its_way_into_execve_never_reports_running(path: str, auto: bool) -> None:
+def test_a_child_killed_on_its_way_into_execve_never_reports_running(
+    path: str, auto: bool, kill_at_execve: Path
+) -> None:
+    env = _env(PATHS[path])
+    env["LINX_REAL_AGENT"] = env.get("LINX_AGENT") or str(
+        ROOT / "src" / "linx" / "_bin" / "linx-agent"
+    )
+    env["LINX_AGENT"] = str(kill_at_execve)
     code = f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC)
-    done = _run_traced(STRACE_KILL_AT_EXEC, PATHS[path], code)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [["Ready", None], ["Failed", "exec_outcome"]]
+    assert json.loads(done.stdout) == {
+        json.dumps([["Ready", None], ["Failed", "exec_outcome"]]): 40
+    }
