@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -352,37 +353,41 @@ void child_release_ns(struct child *c)
 	close_fd(&c->mnt_ns);
 }
 
-/* From /proc/<pid>/stat: "pid (comm) state ppid pgrp session tty tpgid flags ...". */
-#define PF_EXITING_FLAG 0x4u	/* include/linux/sched.h: getting shut down */
+/* Whether a child with no memory left still bears the name it took before its exec marker
+ * (child.c, step_pre_exec_name): 1 (it never got through execve), 0 (execve renamed it),
+ * -1 (no /proc of ours to ask). */
+static int still_named_pre_exec(pid_t pid)
+{
+	char path[64], name[sizeof(CHILD_PRE_EXEC_NAME) + 1];
+
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read_some(fd, name, sizeof(name));
+	close(fd);
+	if (n < 0)
+		return -1;
+	static const char pre_exec[] = CHILD_PRE_EXEC_NAME "\n";
+	return (size_t)n == sizeof(pre_exec) - 1 && memcmp(name, pre_exec, (size_t)n) == 0;
+}
 
 int child_exec_took(const struct child *c)
 {
-	char path[64], stat[512];
+	char byte;
+	struct iovec local = { &byte, 1 }, remote = { NULL, 1 };
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)c->pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 1;	/* no /proc of ours to ask (see spawn.h): not a failure */
-	ssize_t n = read_some(fd, stat, sizeof(stat) - 1);
-	close(fd);
-	if (n <= 0)
+	/* A process keeps its memory through execve, which swaps the old for the new at once,
+	 * and gives it up early in its exit (exit_mm, before exit_files closes the pipe). So
+	 * memory (EFAULT, for address 0) means it is running, or inside execve past its point
+	 * of no return; one syscall, and the usual answer. Any answer but ESRCH (no memory)
+	 * cannot tell, and counts as took. */
+	if (process_vm_readv(c->pid, &local, 1, &remote, 1, 0) >= 0 || errno != ESRCH)
 		return 1;
-	stat[n] = '\0';
-	const char *open_paren = strchr(stat, '('), *close_paren = strrchr(stat, ')');
-	if (!open_paren || !close_paren || close_paren < open_paren)
-		return 1;
-	size_t len = (size_t)(close_paren - open_paren - 1);
-	if (len != strlen(CHILD_PRE_EXEC_NAME) ||
-	    memcmp(open_paren + 1, CHILD_PRE_EXEC_NAME, len) != 0)
-		return 1;	/* renamed by execve, which names it after its file */
-	char state;
-	unsigned flags;
-	if (sscanf(close_paren + 1, " %c %*d %*d %*d %*d %*d %u", &state, &flags) != 2)
-		return 1;
-	/* Still so named: dying, it never got through execve; alive and not exiting, it is
-	 * inside execve past the point of no return (the vforking agent wakes there, before
-	 * execve renames it). */
-	return !(state == 'Z' || state == 'X' || (flags & PF_EXITING_FLAG));
+	/* No memory: exiting or dead, whether before execve or after (a workload that ran and
+	 * ended already). execve renames it after its file's basename, which holds no '/',
+	 * before it closes the pipe; still so named, it never got through. */
+	return still_named_pre_exec(c->pid) != 1;
 }
 
 void child_kill(struct child *c)

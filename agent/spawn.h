@@ -43,11 +43,11 @@ int spawn_hold_mnt_ns(struct child *c);
 /* Drops that reference; for once the terminal frame is written. */
 void child_release_ns(struct child *c);
 
-/* After 'E' and the report pipe's EOF (or, vforked, clone's return): 0 if the child is
- * dying, or dead, without having got through execve (killed between the 'E' and execve's
- * point of no return), else 1. Read from /proc/<pid>/stat; where that is not ours to
- * read (no /proc, or another pid namespace's), it cannot tell, and says 1: the workload's
- * outcome follows anyway, and a workload that ran must never be reported as failed. */
+/* After 'E' and the report pipe's EOF (or, vforked, clone's return), both of which come
+ * from a successful execve and from an exit alike: 0 if the child is exiting, or dead,
+ * without having got through execve (killed between the 'E' and execve's point of no
+ * return), else 1. Where it cannot tell (ptrace denied, no /proc of ours), it says 1: the
+ * workload's outcome follows anyway, and a workload that ran is never reported failed. */
 int child_exec_took(const struct child *c);
 
 /* SIGKILL via the pidfd. */
