@@ -131,14 +131,15 @@ def _takes_the_options_of(
         function: Callable[..., Coroutine[Any, Any, T]],
     ) -> Callable[P, Coroutine[Any, Any, T]]:
         @functools.wraps(function)
-        def checked(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, T]:
+        async def checked(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
                 signature.bind(*args, **kwargs)
-            except TypeError as exc:  # before the coroutine exists: no "never awaited"
+            except TypeError as exc:
                 raise TypeError(f"linx.aio.spawn(): {exc}") from None
-            return function(*args, **kwargs)
+            return await function(*args, **kwargs)
 
-        checked.__signature__ = signature  # type: ignore[attr-defined]  # for help()
+        own = inspect.signature(function).return_annotation  # this front's Session
+        checked.__signature__ = signature.replace(return_annotation=own)  # type: ignore[attr-defined]
         return checked
 
     return mirror
