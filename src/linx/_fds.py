@@ -26,7 +26,9 @@ import weakref
 from collections.abc import Callable
 
 FIRST_FREE = 3  # the lowest fd linx may hold
-_placing = threading.Lock()
+# Reentrant for one caller only: a fork from a signal handler that interrupted this very
+# thread while it held the lock (in `duplicate`, say) takes it in `_before_fork`.
+_placing = threading.RLock()
 _sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # see the module's doc
 
 
@@ -106,7 +108,7 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _placing
-    _placing = threading.Lock()  # a fresh one: this child's threads are new
+    _placing = threading.RLock()  # a fresh one: this child's threads are new
     for sock in list(_sockets):
         sock.close()  # closed already, it closes nothing
     _sockets.clear()

@@ -253,7 +253,8 @@ class _SignalForwarder:
         deadline: float | None = None  # of the SIGKILL, once a signal has come
         killed = False  # once: later signals are still passed on, with no new grace
         while True:
-            wait = WAIT_FOREVER if deadline is None else max(0.0, deadline - time.monotonic())
+            left = WAIT_FOREVER if deadline is None else deadline - time.monotonic()
+            wait = min(max(0.0, left), WAIT_FOREVER)  # a grace of years overflows time_t
             received = signal.sigtimedwait(self.SIGNALS, wait)
             if received is not None:
                 _send(session, received.si_signo)

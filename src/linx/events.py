@@ -77,6 +77,9 @@ class Event:
     def __copy__(self) -> Event:
         return self  # an immutable value: a copy of it is itself, session included
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Event:
+        return self  # as __copy__ (__getstate__ is for pickling, which leaves the session)
+
 
 @dataclass(frozen=True)
 class Ready(Event):

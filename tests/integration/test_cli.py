@@ -204,6 +204,19 @@ def test_run_survives_a_burst_of_sigterm_and_sighup_and_still_kills_after_the_gr
         assert proc.wait(timeout=20) == 128 + signal.SIGKILL
 
 
+def test_run_passes_signals_on_under_a_grace_of_years(tmp_path: Path) -> None:
+    # The wait for the SIGKILL's deadline once overflowed time_t and ended the thread that
+    # passes signals on: the SIGTERM after the SIGHUP never reached the workload.
+    armed = tmp_path / "armed"
+    workload = f"trap '' HUP; trap 'exit 5' TERM; touch {armed}; sleep 30 & wait"
+    with running_cli("--stop-grace", "1e10", "--", "/bin/sh", "-c", workload) as proc:
+        assert wait_until(armed.exists)
+        os.kill(proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) == 5
+
+
 def test_run_ends_by_sigint_when_its_workload_did(tmp_path: Path) -> None:
     # So that a shell stops the loop or script it runs linx in on a Ctrl-C, as it would for
     # the workload itself: it does that only for a command that a SIGINT killed.

@@ -466,6 +466,30 @@ def test_a_fork_while_another_thread_places_an_fd_waits_and_the_child_can_spawn(
     assert forked_at >= released_at[0]  # the fork waited for the fd being made
 
 
+def test_a_fork_inside_linx_fd_making_in_the_same_thread_does_not_deadlock() -> None:
+    # As a signal handler's fork would be: it interrupts this thread while it holds the lock
+    # under which linx makes an fd, and the fork takes that lock first.
+    result = run_python(
+        """
+        import os
+        import linx
+        from linx import _fds
+
+        with _fds._placing:
+            child = os.fork()
+            if child == 0:
+                outcome = linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+                os._exit(0 if outcome == linx.Exited(0) else 1)
+        _, status = os.waitpid(child, 0)
+        print(os.waitstatus_to_exitcode(status))
+        print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+        """,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0", "Exited(code=0)"]
+
+
 # A thread spawns while the main thread forks a child that lives on (a multiprocessing
 # worker, say); the parent then drops the session. Its agent must see EOF, and so end the
 # workload, although the spawn was under way at the fork, its socket in no table yet.

@@ -84,3 +84,4 @@ def test_an_event_of_a_live_session_pickles_without_it_and_copies_with_it(
     restored = pickle.loads(pickle.dumps(bound))
     assert restored == bound and restored.session is None
     assert copy.copy(bound).session is session
+    assert copy.deepcopy([bound])[0].session is session
