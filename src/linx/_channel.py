@@ -173,7 +173,10 @@ class Channel:
             self.closed = True
             if self.state.terminal:
                 return
-        self._reactor.call_later(timeout, self._release)
+        # Weakly: once the outcome has come and gone, the timer must not keep the channel
+        # (and a close in an owner is cheap enough to come by the thousand).
+        ref = weakref.ref(self)
+        self._reactor.call_later(timeout, lambda: _release_if_alive(ref))
 
     def abandon(self) -> None:
         """The session object was dropped: close the channel; the agent's orphan policy acts."""
@@ -342,3 +345,9 @@ class Channel:
         if sock is not None:
             self._reactor.unregister(sock.fileno())
             sock.close()
+
+
+def _release_if_alive(ref: weakref.ref[Channel]) -> None:
+    channel = ref()
+    if channel is not None:
+        channel._release()
