@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from linx import _launcher, _wire
-from tests.conftest import pid_alive, run_python, wait_until
+from tests.conftest import child_pids, pid_alive, run_python, wait_until
 
 
 class RawAgent:
@@ -177,9 +177,8 @@ def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) ->
 
 def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
     agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
-    children = Path(f"/proc/{agent.pid}/task/{agent.pid}/children")
-    assert wait_until(lambda: children.read_text().split() != [], 5)
-    workload = int(children.read_text().split()[0])
+    assert wait_until(lambda: child_pids(agent.pid) != [], 5)
+    workload = child_pids(agent.pid)[0]
     # commands each answered by a NOTICE, and nothing read: the agent's frames fill the
     # socket, it reads no more commands, and ours fill the socket too
     agent.sock.setblocking(False)

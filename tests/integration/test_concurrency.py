@@ -19,7 +19,7 @@ import linx.session
 from linx._launcher import Credentials, Launcher
 from linx._runtime import Agent, _Unattached, get_runtime
 from linx._state import SessionState
-from tests.conftest import run_python, wait_until
+from tests.conftest import child_pids, run_python, wait_until
 
 
 def test_spawning_from_many_threads_at_once_gives_every_session_its_own_outcome() -> None:
@@ -110,25 +110,20 @@ def _take_spare_agent() -> Agent:
     return spare
 
 
-def _launcher_children(launcher_pid: int) -> set[int]:
-    text = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text()
-    return {int(pid) for pid in text.split()}
-
-
 def _forked_spare_agent() -> tuple[Launcher, int]:
     """The launcher, and the pid of the spare agent it has forked (not only been asked for)."""
     linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
     runtime = get_runtime()
     launcher = runtime._launcher
     assert launcher is not None
-    before = _launcher_children(launcher.pid)  # the spare, and agents other tests left
+    before = set(child_pids(launcher.pid))  # the spare, and agents other tests left
     # This spawn takes the spare (forked yet or not); the one it asks for is new.
     session = linx.spawn(["/bin/true"], auto_proceed=True)
     session.wait(timeout=10)
     used = session._channel.state.agent_pid
 
     def new_agents() -> set[int]:
-        return _launcher_children(launcher.pid) - before - {used}
+        return set(child_pids(launcher.pid)) - before - {used}
 
     assert wait_until(lambda: len(new_agents()) == 1, 10)
     # The launcher may fork it before the reactor, back from asking, records the spare.

@@ -16,6 +16,7 @@ import pytest
 import linx
 from tests.conftest import (
     capture_stdout,
+    child_pids,
     drain,
     expect,
     no_more_events,
@@ -135,8 +136,7 @@ def test_a_pre_exec_failure_leaves_no_zombie_and_no_process(
     assert not os.path.exists(f"/proc/{ready.host_pid}")
     agent = session._channel.state.agent_pid
     assert agent is not None
-    children = Path(f"/proc/{agent}/task/{agent}/children")
-    assert wait_until(lambda: not children.exists() or children.read_text().strip() == "")
+    assert wait_until(lambda: child_pids(agent) == [])
 
 
 # --- host-side connect_unix -------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import linx
-from tests.conftest import ROOT, Pipe, capture_stdout, expect, run_python
+from tests.conftest import ROOT, Pipe, capture_stdout, expect, run_python, wait_until
 
 Factory = Callable[..., linx.Session]
 
@@ -121,6 +121,9 @@ def test_a_cgroup_namespace_is_rooted_where_the_child_was_moved_at_the_checkpoin
         )
         assert session.wait(timeout=10) == linx.Exited(code=0)
     finally:
+        # empty unless the test failed with the workload still in it: that goes first
+        (cgroup / "cgroup.kill").write_text("1")
+        assert wait_until(lambda: (cgroup / "cgroup.procs").read_text() == "")
         cgroup.rmdir()
     unified = [line for line in output.decode().splitlines() if line.startswith("0::")]
     assert unified == ["0::/"], output

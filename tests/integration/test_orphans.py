@@ -17,7 +17,7 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import ROOT, expect, pid_alive, run_python, wait_until
+from tests.conftest import ROOT, child_pids, expect, pid_alive, run_python, wait_until
 
 # A Python process that starts three running workloads, prints their host pids, then waits
 # to be killed. argv[1] is the orphan policy: "default" or "linger".
@@ -280,21 +280,23 @@ LEAVES_A_WORKLOAD = """
 @pytest.mark.parametrize("policy", ["linger", "kill"])
 def test_an_orphaned_agent_does_not_hold_the_callers_stderr(policy: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    started = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(LEAVES_A_WORKLOAD), policy],
-        capture_output=True,
-        text=True,
-        timeout=20,  # the workload runs 30 s: EOF on stderr before then is the point
-        env=env,
-    )
-    assert started.returncode == 0, started.stderr
-    shell = int(started.stdout)
-    assert pid_alive(shell)  # so its agent is still waiting on it
-    for pid in [*_children(shell), shell]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(c) for c in path.read_text().split()] if path.exists() else []
+    printed: str | bytes = ""
+    try:
+        started = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(LEAVES_A_WORKLOAD), policy],
+            capture_output=True,
+            text=True,
+            timeout=20,  # the workload runs 30 s: EOF on stderr before then is the point
+            env=env,
+        )
+        printed = started.stdout
+        assert started.returncode == 0, started.stderr
+        assert pid_alive(int(printed))  # so its agent is still waiting on it
+    except subprocess.TimeoutExpired as exc:
+        printed = exc.stdout or ""  # the workload's pid, printed before the wait
+        raise
+    finally:
+        for shell in map(int, printed.split()):  # the workload, then its sleep
+            for pid in [*child_pids(shell), shell]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -3,6 +3,7 @@ compiles the agent) and a wheel any Python 3 of this platform takes."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -17,9 +18,17 @@ from tests.conftest import ROOT
 @pytest.mark.slow
 def test_the_sdist_carries_the_agents_sources_and_builds_a_platform_wheel(tmp_path: Path) -> None:
     # `python -m build` makes the sdist, then the wheel from the unpacked sdist: a source
-    # missing from the sdist fails the second step.
+    # missing from the sdist fails the second step. From a copy of the files git has: the
+    # build writes its egg-info next to the sources, and a developer's tree may hold more.
+    source = tmp_path / "source"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
     done = subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", "--outdir", str(tmp_path), str(source)],
         capture_output=True,
         text=True,
         timeout=600,
