@@ -238,15 +238,19 @@ def _env(env: object) -> tuple[bytes, ...]:
 def _cwd(cwd: object) -> bytes:
     if cwd is not None:
         return _absolute_path("cwd", cwd)
+    # Never the launcher's directory instead: a workload acting on relative paths would
+    # act somewhere unrelated.
+    return _current_directory("the workload cannot inherit it; pass cwd=")
+
+
+def _current_directory(consequence: str) -> bytes:
+    """This process's working directory; `FileNotFoundError` saying `consequence` if it
+    was removed."""
     try:
         return os.getcwdb()
     except FileNotFoundError:
-        # Never the launcher's directory instead: a workload acting on relative paths
-        # would act somewhere unrelated.
         raise FileNotFoundError(
-            errno.ENOENT,
-            "linx: the current directory no longer exists, so the workload cannot inherit "
-            "it; pass cwd=",
+            errno.ENOENT, f"linx: the current directory no longer exists, so {consequence}"
         ) from None
 
 
@@ -259,12 +263,8 @@ def _absolute_path(name: str, value: object) -> bytes:
         return path
     if not path:
         raise ValueError(f"{name} must not be empty, got {value!r}")
-    try:
-        return os.path.join(os.getcwdb(), path)
-    except FileNotFoundError:
-        raise ValueError(
-            f"{name} {value!r} is relative, and the current directory no longer exists"
-        ) from None
+    where = _current_directory(f"{name} {value!r}, relative, cannot be made absolute")
+    return os.path.join(where, path)
 
 
 def _orphan_policy(policy: object) -> tuple[int | None, int | None]:

@@ -117,6 +117,8 @@ def test_a_removed_current_directory_is_an_error_not_the_launchers_directory(
     gone.rmdir()
     with pytest.raises(FileNotFoundError, match=r"current directory no longer exists.*cwd="):
         linx.spawn(["/bin/pwd"], auto_proceed=True)
+    with pytest.raises(FileNotFoundError, match=r"no longer exists, so cwd 'inner', relative"):
+        linx.spawn(["/bin/pwd"], cwd="inner", auto_proceed=True)
     session, out = capture_stdout(linx.spawn, ["/bin/pwd"], cwd="/", auto_proceed=True)
     assert out == b"/\n"
     assert session.wait(timeout=10) == linx.Exited(code=0)
