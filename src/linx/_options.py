@@ -53,6 +53,7 @@ MAX_SIGNAL = 64
 MAX_GROUPS = 65536  # the kernel's NGROUPS_MAX
 ID_MAP_MAX_BYTES = 4096  # a uid_map/gid_map write must be shorter than a page
 MAX_FD = 2**31 - 1
+MAX_FLOAT_INT = int(sys.float_info.max)  # a larger int does not convert to float
 # Far beyond any use, and small enough that the agent's deadline arithmetic in
 # nanoseconds cannot overflow.
 MAX_ORPHAN_GRACE = 2**31 - 1
@@ -137,6 +138,10 @@ def validate_timeout(timeout: object) -> float | None:
         return None
     if not isinstance(timeout, int | float) or isinstance(timeout, bool):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    if isinstance(timeout, int) and abs(timeout) > MAX_FLOAT_INT:
+        # float() of it would raise OverflowError, naming nothing; so many seconds are as
+        # good as no limit (negative: as no wait), as an infinite float is taken.
+        return None if timeout > 0 else -float("inf")
     if math.isnan(timeout):
         raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
     return None if math.isinf(timeout) and timeout > 0 else float(timeout)
@@ -277,7 +282,8 @@ def _orphan_policy(policy: object) -> tuple[int | None, int | None]:
         grace = policy[1]
         if not isinstance(grace, int | float) or isinstance(grace, bool):
             raise TypeError(f"orphan_policy grace must be a number of seconds, not {grace!r}")
-        if not math.isfinite(grace) or not 0 <= grace <= MAX_ORPHAN_GRACE:
+        # The range first: math.isfinite of an int past float's range raises OverflowError.
+        if not 0 <= grace <= MAX_ORPHAN_GRACE or not math.isfinite(grace):
             raise ValueError(
                 f"orphan_policy grace must be from 0 to {MAX_ORPHAN_GRACE} seconds, not {grace!r}"
             )

@@ -83,7 +83,17 @@ def test_a_bad_wait_timeout_is_refused_naming_it(given: object, error: type[Exce
         (0.5, 0.5),
         (-1, -1.0),
         (-float("inf"), -float("inf")),
+        # past float's range: OverflowError, naming nothing, before
+        pytest.param(10**400, None, id="huge-int"),
+        pytest.param(-(10**400), -float("inf"), id="huge-negative-int"),
     ],
 )
 def test_a_wait_timeout_is_none_for_no_limit_or_seconds(given: object, taken: object) -> None:
     assert _options.validate_timeout(given) == taken
+
+
+@pytest.mark.parametrize("grace", [10**400, -(10**400)], ids=["huge-int", "huge-negative-int"])
+def test_an_orphan_grace_past_floats_range_is_a_value_error_naming_it(grace: int) -> None:
+    # math.isfinite of such an int raises OverflowError, which named neither option nor value
+    with pytest.raises(ValueError, match=r"orphan_policy grace must be from 0 to"):
+        _options.plan_spawn(["/bin/true"], orphan_policy=("kill", grace))
