@@ -12,6 +12,7 @@ import array
 import collections
 import logging
 import select
+import signal
 import socket
 import threading
 import weakref
@@ -60,6 +61,8 @@ class Channel:
         session: Any,
         *,
         linger: bool,
+        orphan_grace: float | None = None,
+        owner_outlives: bool = False,
     ) -> None:
         self._reactor = reactor
         self._lock = threading.Lock()
@@ -67,6 +70,10 @@ class Channel:
         self._deliver = deliver
         self._session_ref = weakref.ref(session)
         self._linger = linger
+        self._orphan_grace = orphan_grace  # None: the orphan policy is "linger"
+        # The owner is the caller's, not the session's own default queue: it can still hear
+        # the outcome once the session is dropped (see abandon).
+        self._owner_outlives = owner_outlives
         self._reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
         self._sock: socket.socket | None = None
         self._out: collections.deque[_Outgoing] = collections.deque()
@@ -135,10 +142,12 @@ class Channel:
             return self.state.info()
 
     def set_deliver(self, deliver: Deliver) -> None:
+        """Deliver to an owner of the caller's from now on."""
         with self._lock:
             if self.closed:
                 raise NoProcess("the session is closed")
             self._deliver = deliver
+            self._owner_outlives = True
 
     def begin_close(self) -> bool:
         """Start ending a live session (abort if parked, SIGKILL otherwise).
@@ -179,14 +188,44 @@ class Channel:
         self._reactor.call_later(timeout, lambda: _release_if_alive(ref))
 
     def abandon(self) -> None:
-        """The session object was dropped: close the channel; the agent's orphan policy acts."""
+        """The session object was dropped: its orphan policy acts.
+
+        An owner of the caller's still hears how the session ends, as SPEC's one terminal
+        event promises: Python applies the policy through the agent and reads on. Otherwise
+        nobody can hear it: the channel is closed, and the agent applies the policy at EOF.
+        """
         with self._lock:
             if self.closed:
                 return
             self.closed = True
             if self.state.terminal:
                 return  # released already (see _release)
+            if self._owner_outlives and self._sock is not None:
+                self._orphan_here()
+                return
         self._reactor.call_soon(self._release)
+
+    def _orphan_here(self) -> None:
+        """The agent's orphan policy, asked for with verbs (lock held): a parked child is
+        discarded; a released one gets SIGTERM (and SIGCONT, should it be stopped), then
+        SIGKILL after the grace, or with "linger" runs on. Signals before `Running` are
+        buffered by the agent as ever. Should this process die meanwhile, the agent's own
+        policy at EOF takes over."""
+        if not self.state.released:
+            abort = self.state.abort()
+            if abort is not None:
+                self._queue(abort)
+            return
+        if self._orphan_grace is None:
+            return
+        self._queue(_wire.Signal(signum=signal.SIGTERM))
+        self._queue(_wire.Signal(signum=signal.SIGCONT))
+        self._reactor.call_later(self._orphan_grace, self._orphan_kill)
+
+    def _orphan_kill(self) -> None:
+        with self._lock:
+            if not self.state.terminal:
+                self._queue(_wire.Signal(signum=signal.SIGKILL))
 
     def _release(self) -> None:
         # Once Python closes the channel itself nobody waits to hear of the agent: an agent
@@ -328,7 +367,7 @@ class Channel:
                 self.closed = self.closed or not self._linger
         if not events:
             return
-        if self._session_ref() is None:
+        if self._session_ref() is None and not self._owner_outlives:
             self.abandon()
             if result is not None:
                 self.on_terminal()

@@ -75,6 +75,13 @@ class SpawnPlan:
     auto_proceed: bool = False
     linger: bool = True
 
+    @property
+    def orphan_grace(self) -> float | None:
+        """The orphan policy's grace in seconds; `None` for "linger"."""
+        if self.request.orphan_linger:
+            return None
+        return (self.request.orphan_grace_ms or 0) / 1000
+
     def close_fds(self) -> None:
         fds, self.fds = self.fds, []
         for fd in fds:
@@ -388,7 +395,10 @@ def plan_spawn(
         hostname=host,
         uid_map=uids,
         gid_map=gids,
-        setgroups=str(setgroups).encode() if gids is not None else None,
+        # With every new user namespace, gid_map or not: a caller who writes the gid map
+        # at the checkpoint gets what it asked for, and "deny" is what lets an
+        # unprivileged one write it.
+        setgroups=str(setgroups).encode() if Namespace.USER in spaces else None,
         uid=uid,
         gid=gid,
         groups=group_list,

@@ -9,8 +9,9 @@ method is thread-safe. What happens in each corner:
 - `close()` (or leaving a `with` block) on a live session aborts a parked child or kills a
   running workload with SIGKILL, and returns once it is reaped; closing twice is harmless.
   After `close()` every method raises `NoProcess`; `host_pid` and `exit_reason` stay.
-- Dropping the last reference to a live session closes its channel without waiting: the
-  agent then applies the session's `orphan_policy`.
+- Dropping the last reference to a live session applies its `orphan_policy` without
+  waiting. An owner given to `spawn()` or `set_owner()` still gets the terminal event; the
+  default queue goes with the session.
 - If this Python process dies, even by SIGKILL, the same orphan policy applies.
 """
 
@@ -87,7 +88,15 @@ class Session:
                 pty=pty,
                 session=weakref.ref(session if front is None else front),
             )
-            session._channel = Channel(runtime.reactor, state, deliver, session, linger=plan.linger)
+            session._channel = Channel(
+                runtime.reactor,
+                state,
+                deliver,
+                session,
+                linger=plan.linger,
+                orphan_grace=plan.orphan_grace,
+                owner_outlives=owner is not None,
+            )
             if front is not None:
                 front._bind(session)
         except BaseException:
@@ -334,8 +343,37 @@ def spawn(
 
     The child parks at the checkpoint (`Ready`) until `proceed()` unless `auto_proceed`.
     Returns at once; events go to `owner` (default: `session.events`, a `queue.Queue`).
-    Bad options raise `TypeError`/`ValueError` before any process exists. See SPEC §3 and
-    the README for every option.
+    Bad options raise `TypeError`/`ValueError` naming the value, before any process exists.
+
+    - `argv`: `str`/`bytes` items, no NUL; `argv[0]` is executed as given (no `$PATH`).
+    - `namespaces`: any of "user", "pid", "mount", "uts", "ipc", "net", "cgroup", "time"
+      (or `linx.Namespace`). Each is new at `Ready` and can be shaped from outside then,
+      through `/proc/<host_pid>`; "time" is entered at `execve` and "cgroup" made on
+      release, rooted where the child is by then.
+    - `env`: a mapping or a sequence of "K=V"; `None` sends `os.environ` as it is now.
+      `cwd`: the workload's directory; `None` is this process's, as it is now.
+    - `stdio`: "inherit", "devnull", or a dict with keys "stdin"/"stdout"/"stderr" whose
+      values are "inherit", "devnull", `("connect_unix", path)` (connected here, before
+      any namespace), an fd, or an object with `fileno()`. linx holds its own copy of a
+      passed fd: yours may be closed as soon as `spawn()` returns.
+    - `owner`: an unbounded `queue.Queue`, an `asyncio.Queue` of the running loop, any
+      object with `put(event)`, or a callable; it runs in linx's reactor thread and must
+      not block. An owner given here (or by `set_owner`) hears the outcome even if the
+      session is dropped first; the default queue goes with the session.
+    - `linger`: keep the session readable (`info()`, `wait()`) after its end; with `False`
+      it is released then, and only `exit_reason` and `host_pid` stay.
+    - `auto_proceed`: no checkpoint; `Ready` and `Running` still come, in order.
+    - `no_new_privs`: set `PR_SET_NO_NEW_PRIVS` before `execve`.
+    - `orphan_policy`: what happens to a running workload when the session is dropped or
+      this process dies: `("kill", seconds)` (SIGTERM, then SIGKILL after that grace;
+      the default is 5 s) or "linger" (it runs on). A parked child is always discarded.
+    - `hostname`: set in the new UTS namespace (needs "uts").
+    - `uid_map`/`gid_map`: `(inside, outside, count)` lines, written before `Ready`
+      (need "user"). `setgroups`: "deny" (default) or "allow", written for every new user
+      namespace, before any gid map.
+    - `uid`/`gid`/`groups`: the workload's ids, as seen inside its user namespace, set in
+      the child before `execve`. A `uid` or `gid` without `groups` clears the
+      supplementary groups where it may.
     """
     plan = _options.plan_spawn(
         argv,

@@ -183,6 +183,31 @@ def test_a_user_namespace_maps_root_inside_to_uid_1000_outside(
     assert fields["Gid"] == ["1000"] * 4
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, "deny"),
+        ({"uid_map": [(0, 1000, 1)]}, "deny"),
+        ({"uid_map": [(0, 1000, 1)], "setgroups": "allow"}, "allow"),
+        ({"gid_map": [(0, 1000, 1)], "setgroups": "allow"}, "allow"),
+        ({"gid_map": [(0, 1000, 1)]}, "deny"),
+    ],
+    ids=["no-maps", "uid-map-only", "uid-map-only-allow", "gid-map-allow", "gid-map"],
+)
+def test_setgroups_is_written_for_every_new_user_namespace(
+    session_factory: Factory, options: dict[str, object], expected: str
+) -> None:
+    # Also without a gid_map: a caller that writes one at the checkpoint must find the
+    # setgroups it asked for (and an unprivileged one can write it only after "deny").
+    session = session_factory(["/bin/true"], namespaces=["user"], **options)
+    ready = expect(session, linx.Ready)
+    assert Path(f"/proc/{ready.host_pid}/setgroups").read_text().strip() == expected
+    if "gid_map" not in options:  # the caller writes it from outside, after setgroups
+        Path(f"/proc/{ready.host_pid}/gid_map").write_text("0 1000 1\n")
+    session.proceed()
+    assert session.wait(10) == linx.Exited(0)
+
+
 def test_hostname_is_set_in_a_uts_namespace_only(session_factory: Factory, pipe: Pipe) -> None:
     before = socket.gethostname()
     assert before != "box"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -300,3 +302,87 @@ def test_an_orphaned_agent_does_not_hold_the_callers_stderr(policy: str) -> None
             for pid in [*child_pids(shell), shell]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _until_terminal(owner: queue.Queue[linx.Event], timeout: float = 10) -> list[linx.Event]:
+    events: list[linx.Event] = []
+    deadline = time.monotonic() + timeout
+    while not events or not isinstance(events[-1], linx.Exited | linx.Signaled | linx.Aborted):
+        events.append(owner.get(timeout=max(0.0, deadline - time.monotonic())))
+    return events
+
+
+def _dropped_with_owner(
+    given: str,
+    argv: list[str],
+    owner: queue.Queue[linx.Event],
+    settled: Callable[[], bool] = lambda: True,
+    **options: Any,
+) -> int:
+    """Spawns with `owner` given to spawn() or set_owner(), drops the session at the stage
+    `options` lead to (parked, or running) once `settled()`, and returns the host pid."""
+    if given == "spawn":
+        session = linx.spawn(argv, owner=owner, **options)
+    else:
+        session = linx.spawn(argv, **options)
+        session.set_owner(owner)
+    stage = "running" if options.get("auto_proceed") else "ready"
+    assert wait_until(lambda: session.info().stage == stage, timeout=10)
+    assert wait_until(settled, timeout=10)
+    host_pid = session.host_pid
+    assert host_pid is not None
+    return host_pid  # the session is dropped here, by reference counting alone
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("given", ["spawn", "set_owner"])
+@pytest.mark.parametrize(
+    ("options", "outcome"),
+    [
+        ({"auto_proceed": True}, linx.Signaled(signal.SIGTERM)),
+        ({}, linx.Aborted()),
+        ({"auto_proceed": True, "orphan_policy": "linger"}, linx.Exited(0)),
+    ],
+    ids=["running-kill", "parked", "running-linger"],
+)
+def test_an_owner_of_the_callers_hears_how_a_dropped_session_ends(
+    given: str, options: dict[str, Any], outcome: linx.Event
+) -> None:
+    # Spawn with an owner and forget the handle: the orphan policy acts (a parked child is
+    # discarded, a running one gets SIGTERM, or runs on with "linger"), and the owner
+    # still gets the one terminal event rather than waiting for ever.
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    argv = ["/bin/sh", "-c", "sleep 1"] if "orphan_policy" in options else ["/bin/sleep", "30"]
+    host_pid = _dropped_with_owner(given, argv, owner, **options)
+    try:
+        events = _until_terminal(owner)
+        assert events[-1] == outcome
+        assert events[-1].session is None  # the event does not bring the session back
+        assert wait_until(lambda: not pid_alive(host_pid), timeout=5)
+        with pytest.raises(queue.Empty):
+            owner.get(timeout=0.3)  # nothing after the terminal event
+    finally:
+        _kill_all([host_pid])
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_dropped_session_with_an_owner_still_gets_sigkill_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "terms"
+    script = f'trap "echo term >> {log}" TERM; echo trapped > {log}; while :; do sleep 0.05; done'
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    host_pid = _dropped_with_owner(
+        "spawn",
+        ["/bin/sh", "-c", script],
+        owner,
+        log.exists,  # the trap is set: a SIGTERM before it would be ignored (pid 1)
+        namespaces=["pid"],
+        orphan_policy=("kill", 0.5),
+        auto_proceed=True,
+    )
+    try:
+        assert _until_terminal(owner)[-1] == linx.Signaled(signal.SIGKILL)
+        assert "term" in log.read_text()
+    finally:
+        _kill_all([host_pid])
