@@ -652,12 +652,21 @@ static void let_go_of_stderr(void)
 		close(fd);
 }
 
+/* Let past the checkpoint (PROCEED, or auto_proceed's early release byte): committed to
+ * run, even if its exec outcome is not in yet. */
+static int released(const struct session *s)
+{
+	return s->phase == PH_RELEASED || (s->phase == PH_STARTING && s->released_early);
+}
+
 static void orphan(struct session *s)
 {
 	s->done = 1;
 	if (s->phase == PH_REQUEST)
 		return;
-	if (s->phase != PH_RUNNING) {
+	/* linger keeps a released workload whose 'E' and EOF have not reached us yet, as it
+	 * keeps a running one: whether Python's EOF came before or after them is timing */
+	if (s->phase != PH_RUNNING && !(s->req.orphan_linger && released(s))) {
 		child_discard(&s->child);
 		return;
 	}

@@ -268,3 +268,28 @@ def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Signaled(signum=9)"
+
+
+@pytest.mark.parametrize("vfork", ["0", "1"])
+def test_linger_keeps_a_released_workload_whose_exec_is_not_in_yet(
+    tmp_path: Path, vfork: str
+) -> None:
+    # auto_proceed, then EOF at once (a program that spawns with linger and ends): the EOF
+    # is in the socket before the agent learns the exec outcome. On the fork-style path the
+    # child is released already (committed: an ABORT gets EBUSY); linger must keep it, as it
+    # keeps one that the vfork path saw exec.
+    marker = tmp_path / "ran"
+    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    for _ in range(3):
+        raw = RawAgent(env=env)
+        raw.send(
+            _spawn(
+                argv=(b"/bin/sh", b"-c", b"sleep 0.2; echo ran > " + bytes(marker)),
+                auto_proceed=1,
+                orphan_linger=1,
+            )
+        )
+        raw.close()  # waits for the agent, which waits for its lingering workload
+        assert raw.status == 0
+        assert marker.read_text() == "ran\n", "a lingering workload was killed"
+        marker.unlink()
