@@ -188,12 +188,26 @@ class Channel:
         self._reactor.call_later(timeout, lambda: _release_if_alive(ref))
 
     def abandon(self) -> None:
-        """The session object was dropped: its orphan policy acts.
+        """The session object was dropped: its orphan policy acts (see `_abandoned`).
 
-        An owner of the caller's still hears how the session ends, as SPEC's one terminal
-        event promises: Python applies the policy through the agent and reads on. Otherwise
-        nobody can hear it: the channel is closed, and the agent applies the policy at EOF.
-        """
+        Called from `Session.__del__`, so from any thread at any point: the thread may hold
+        this channel's lock already (a garbage collection run inside a locked section),
+        and at interpreter exit the reactor thread, frozen, may hold it for ever. So the
+        work is the reactor's, and this takes no lock. At exit it may never run: the
+        process's end closes the channel, and the agent applies the policy at EOF."""
+        if self.state.terminal:
+            # Released by its terminal step (see _release): waking the reactor thread
+            # would only slow the caller's next spawn. A bool set without the lock: the
+            # session is gone, nobody else writes it but to True.
+            self.closed = True
+            return
+        self._reactor.call_soon(self._abandoned)
+
+    def _abandoned(self) -> None:
+        """An owner of the caller's still hears how the session ends, as SPEC's one
+        terminal event promises: Python applies the policy through the agent and reads on.
+        Otherwise nobody can hear it: the channel is closed, and the agent applies the
+        policy at EOF."""
         with self._lock:
             if self.closed:
                 return
@@ -203,7 +217,7 @@ class Channel:
             if self._owner_outlives and self._sock is not None:
                 self._orphan_here()
                 return
-        self._reactor.call_soon(self._release)
+        self._release()
 
     def _orphan_here(self) -> None:
         """The agent's orphan policy, asked for with verbs (lock held): a parked child is
@@ -368,7 +382,7 @@ class Channel:
         if not events:
             return
         if self._session_ref() is None and not self._owner_outlives:
-            self.abandon()
+            self._abandoned()
             if result is not None:
                 self.on_terminal()
             return

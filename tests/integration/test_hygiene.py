@@ -611,3 +611,33 @@ def test_closing_or_dropping_a_finished_session_asks_nothing_of_the_reactor(
     assert asked == []
     with pytest.raises(linx.NoProcess):
         closed.wait()
+
+
+def test_dropping_a_session_never_waits_for_its_channels_lock() -> None:
+    # __del__ runs wherever the last reference goes: in a garbage collection inside the
+    # channel's own locked section, or at interpreter exit while the frozen reactor thread
+    # holds that lock. Simulated by holding it in the dropping thread: that deadlocked.
+    code = """
+        import gc, os, time
+        import linx
+        gc.disable()
+        session = linx.spawn(["/bin/sleep", "30"], auto_proceed=True)
+        while session.info().stage != "running":
+            time.sleep(0.01)
+        host_pid, channel = session.host_pid, session._channel
+        with channel._lock:
+            del session
+        for _ in range(500):
+            if not os.path.exists(f"/proc/{host_pid}"):  # killed and reaped by its agent
+                break
+            time.sleep(0.01)
+        else:
+            raise SystemExit("the dropped session's workload is still running")
+        print("ok")
+    """
+    try:
+        done = run_python(code, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dropping a session waited for its channel's lock")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ok"]
