@@ -61,8 +61,8 @@ class Channel:
         session: Any,
         *,
         linger: bool,
-        orphan_grace: float | None = None,
-        owner_outlives: bool = False,
+        orphan_grace: float | None,
+        owner_outlives: bool,
     ) -> None:
         self._reactor = reactor
         self._lock = threading.Lock()
@@ -234,7 +234,8 @@ class Channel:
             return
         self._queue(_wire.Signal(signum=signal.SIGTERM))
         self._queue(_wire.Signal(signum=signal.SIGCONT))
-        self._reactor.call_later(self._orphan_grace, self._orphan_kill)
+        ref = weakref.ref(self)  # an outcome before the grace ends frees the channel at once
+        self._reactor.call_later(self._orphan_grace, lambda: _kill_if_alive(ref))
 
     def _orphan_kill(self) -> None:
         with self._lock:
@@ -404,3 +405,9 @@ def _release_if_alive(ref: weakref.ref[Channel]) -> None:
     channel = ref()
     if channel is not None:
         channel._release()
+
+
+def _kill_if_alive(ref: weakref.ref[Channel]) -> None:
+    channel = ref()
+    if channel is not None:
+        channel._orphan_kill()
