@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -372,15 +375,46 @@ def test_a_request_beyond_the_64_mib_cap_fails_with_request_too_big(
     assert no_more_events(session)
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _release_byte_waiting(pid: int) -> bool:
+    """Whether the parked child `pid` has its release byte waiting, unread, in its release
+    pipe: the only pipe read end it holds above fd 2."""
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        if int(name) < 3 or not os.readlink(f"/proc/{pid}/fd/{name}").startswith("pipe:"):
+            continue
+        flags = next(
+            line
+            for line in Path(f"/proc/{pid}/fdinfo/{name}").read_text().splitlines()
+            if line.startswith("flags:")
+        )
+        if int(flags.split()[1], 8) & os.O_ACCMODE != os.O_RDONLY:
+            continue
+        fd = os.open(f"/proc/{pid}/fd/{name}", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+        finally:
+            os.close(fd)
+        return waiting > 0
+    return False
+
+
 def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running(
     session_factory: Factory,
 ) -> None:
     # Stopped at the checkpoint, the child cannot take the release byte; killed there, it
     # dies before execve with nothing reported. The reference would call that Running.
+    # Each step waits to be true: a SIGSTOP stops its target only once that runs (a loaded
+    # machine may first let it read the byte), and a kill before the byte is in the pipe
+    # lets the agent's write find the child dead (EPIPE): a failure of another kind.
     session = session_factory(["/bin/sleep", "30"])
     ready = expect(session, linx.Ready)
     os.kill(ready.host_pid, signal.SIGSTOP)
+    assert wait_until(lambda: _state(ready.host_pid) == "T")
     session.proceed()
+    assert wait_until(lambda: _release_byte_waiting(ready.host_pid))
     os.kill(ready.host_pid, signal.SIGKILL)
     events = drain(session)
     assert [type(e) for e in events] == [linx.Failed], events

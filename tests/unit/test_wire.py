@@ -7,7 +7,7 @@ import random
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from linx import _wire
@@ -169,3 +169,48 @@ def test_encoding_refuses_out_of_range_integers() -> None:
 def test_encoding_refuses_a_missing_required_field() -> None:
     with pytest.raises(_wire.WireError, match="version"):
         _wire.encode(_wire.Spawn(version=None, argv=(b"/bin/true",)))  # type: ignore[arg-type]
+
+
+# Random bytes almost never get past the frame header (a random length is over the cap, a
+# random type unknown), so `test_garbage_raises_only_wire_error` hardly reaches the field
+# decoder. Here every frame is well delimited and of a known type; only its fields are
+# garbage: tags the message knows (mostly) or not, sizes that match their data, overrun the
+# frame or stop short of it, and a tail too short to be a field header.
+_TABLES = (_wire.AGENT_MESSAGES, _wire.SESSION_REQUESTS, _wire.LAUNCHER_REPLIES)
+
+
+@st.composite
+def _known_frame_with_garbage_fields(
+    draw: st.DrawFn,
+) -> tuple[dict[int, type[_wire.Message]], bytes]:
+    table = draw(st.sampled_from(_TABLES))
+    cls = table[draw(st.sampled_from(sorted(table)))]
+    tags = [spec.tag for _, spec in _wire._wire_fields(cls)] + [0, 99]
+    body = b""
+    for _ in range(draw(st.integers(0, 5))):
+        tag = draw(st.sampled_from(tags))
+        data = draw(st.binary(max_size=12))
+        # its own length, an integer's width whatever the data, a byte off, far too much
+        size = draw(st.sampled_from([len(data), 4, 8, len(data) + 1, len(data) - 1, 1000]))
+        body += struct.pack("<HI", tag, max(size, 0)) + data
+    body += draw(st.binary(max_size=5))
+    return table, struct.pack("<IH", len(body) + 2, cls.TYPE) + body
+
+
+def _frame(cls: type[_wire.Message], body: bytes) -> bytes:
+    return struct.pack("<IH", len(body) + 2, cls.TYPE) + body
+
+
+@settings(max_examples=1000)
+@given(_known_frame_with_garbage_fields())
+# a u32 claiming its 4 bytes with 2 left in the frame; a tail too short for a field header
+@example((_wire.AGENT_MESSAGES, _frame(_wire.Exited, struct.pack("<HI", 1, 4) + b"ab")))
+@example((_wire.AGENT_MESSAGES, _frame(_wire.Exited, b"abc")))
+def test_known_frames_with_garbage_fields_raise_only_wire_error(
+    table_and_frame: tuple[dict[int, type[_wire.Message]], bytes],
+) -> None:
+    table, frame = table_and_frame
+    try:
+        _wire.FrameReader(table, 1 << 16).feed(frame)
+    except _wire.WireError:
+        pass
