@@ -394,7 +394,7 @@ def _release_byte_waiting(pid: int) -> bool:
             continue
         fd = os.open(f"/proc/{pid}/fd/{name}", os.O_RDONLY | os.O_NONBLOCK)
         try:
-            waiting = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            waiting: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
         finally:
             os.close(fd)
         return waiting > 0
