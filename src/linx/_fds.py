@@ -12,12 +12,18 @@ It also keeps every socket it makes, weakly, for a child forked by `os.fork()`: 
 closes those still open, so that no copy of a session's socket outlives its use in the
 parent (an agent that did not see EOF when its session was dropped would not end its
 workload). That covers the sockets of a spawn under way in another thread at the fork,
-which no session or runtime table holds yet; the fork waits for any fd being made.
+which no session or runtime table holds yet; the fork waits for any fd being made. The
+same goes for the copies of a caller's fds that a spawn passes to its agent (`duplicate`):
+a child forked while another thread's spawn holds them would otherwise keep, say, the write
+end of a pipe given as stdout, and the parent's reader would wait for that child to exit
+before it saw EOF.
 """
 
 from __future__ import annotations
 
+import collections
 import fcntl
+import functools
 import os
 import select
 import socket
@@ -30,6 +36,7 @@ FIRST_FREE = 3  # the lowest fd linx may hold
 # thread while it held the lock (in `duplicate`, say) takes it in `_before_fork`.
 _placing = threading.RLock()
 _sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # see the module's doc
+_copies: set[int] = set()  # what `duplicate` made and `close_copies` has not closed yet
 
 
 def new(make: Callable[[], int]) -> int:
@@ -38,11 +45,29 @@ def new(make: Callable[[], int]) -> int:
         return _lifted(make())
 
 
-def duplicate(fd: int) -> int:
-    """A close-on-exec copy of `fd` at 3 or above. `os.dup` would take the lowest free fd,
-    which may be one of 0, 1 and 2 that a later step still means to read as closed."""
+def duplicate(fd: int, into: list[int]) -> None:
+    """Append a close-on-exec copy of `fd` at 3 or above to `into`, whose holder closes it
+    (`close_copies`). `os.dup` would take the lowest free fd, which may be one of 0, 1 and 2
+    that a later step still means to read as closed."""
     with _placing:
-        return _copy_up(fd)
+        # extend(map(...)): the copy goes from fcntl into the list with no bytecode run in
+        # between, where a signal handler's exception (a KeyboardInterrupt) would lose it
+        into.extend(map(functools.partial(fcntl.fcntl, fd, fcntl.F_DUPFD_CLOEXEC), _ABOVE))
+        _copies.add(into[-1])
+
+
+_ABOVE = (FIRST_FREE,)
+
+
+def close_copies(fds: list[int]) -> None:
+    """Close `fds`, copies made by `duplicate`, and empty the list (in place, first: an
+    exception in the middle, a KeyboardInterrupt, may leak one but never closes one twice)."""
+    with _placing:  # the fork's view of `_copies` is never of an fd closed but still kept
+        closing = fds[:]
+        del fds[:]  # not fds.clear(): a call, after which a signal handler may raise
+        _copies.difference_update(closing)
+        # map: no bytecode runs between two closes, so no signal handler can stop it halfway
+        collections.deque(map(os.close, closing), maxlen=0)
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -112,6 +137,12 @@ def _after_fork_in_child() -> None:
     for sock in list(_sockets):
         sock.close()  # closed already, it closes nothing
     _sockets.clear()
+    for fd in _copies:  # the parent's spawns' copies of its callers' fds
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _copies.clear()
 
 
 os.register_at_fork(

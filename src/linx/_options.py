@@ -83,9 +83,16 @@ class SpawnPlan:
         return (self.request.orphan_grace_ms or 0) / 1000
 
     def close_fds(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            os.close(fd)
+        _fds.close_copies(self.fds)
+
+    def __del__(self) -> None:
+        # A plan dropped with its fds (a KeyboardInterrupt between plan_spawn and the code
+        # that takes it over): they are linx's own copies, and nobody else will close them.
+        if self.fds:
+            try:
+                self.close_fds()
+            except Exception:  # interpreter shutdown: the modules may be gone
+                pass
 
 
 # --- small validators ------------------------------------------------------------------
@@ -385,32 +392,36 @@ def plan_spawn(
     stdio_plan = _check_stdio(stdio)
     workdir = _cwd(cwd)
     fds: list[int] = []
-    stdio_values = _stdio_directives(stdio_plan, fds)  # last: the only step that opens fds
-    request = _wire.Spawn(
-        version=_wire.VERSION,
-        argv=args,
-        env=environment,
-        cwd=workdir,
-        namespaces=sum(CLONE_FLAGS[n] for n in spaces) if spaces else None,
-        hostname=host,
-        uid_map=uids,
-        gid_map=gids,
-        # With every new user namespace, gid_map or not: a caller who writes the gid map
-        # at the checkpoint gets what it asked for, and "deny" is what lets an
-        # unprivileged one write it.
-        setgroups=str(setgroups).encode() if Namespace.USER in spaces else None,
-        uid=uid,
-        gid=gid,
-        groups=group_list,
-        stdin=stdio_values[0],
-        stdout=stdio_values[1],
-        stderr=stdio_values[2],
-        auto_proceed=1 if proceed else None,
-        no_new_privs=1 if nnp else None,
-        orphan_grace_ms=grace_ms,
-        orphan_linger=lingers,
-    )
-    return SpawnPlan(request, fds, auto_proceed=proceed, linger=keep_alive)
+    try:
+        stdio_values = _stdio_directives(stdio_plan, fds)  # last: the only step that opens fds
+        request = _wire.Spawn(
+            version=_wire.VERSION,
+            argv=args,
+            env=environment,
+            cwd=workdir,
+            namespaces=sum(CLONE_FLAGS[n] for n in spaces) if spaces else None,
+            hostname=host,
+            uid_map=uids,
+            gid_map=gids,
+            # With every new user namespace, gid_map or not: a caller who writes the gid
+            # map at the checkpoint gets what it asked for, and "deny" is what lets an
+            # unprivileged one write it.
+            setgroups=str(setgroups).encode() if Namespace.USER in spaces else None,
+            uid=uid,
+            gid=gid,
+            groups=group_list,
+            stdin=stdio_values[0],
+            stdout=stdio_values[1],
+            stderr=stdio_values[2],
+            auto_proceed=1 if proceed else None,
+            no_new_privs=1 if nnp else None,
+            orphan_grace_ms=grace_ms,
+            orphan_linger=lingers,
+        )
+        return SpawnPlan(request, fds, auto_proceed=proceed, linger=keep_alive)
+    except BaseException:  # a KeyboardInterrupt, say: the copies are linx's to close
+        _fds.close_copies(fds)
+        raise
 
 
 # --- stdio ---------------------------------------------------------------------------------
@@ -480,9 +491,7 @@ def _stdio_directives(stdio: dict[str, StdioValue], fds: list[int]) -> list[byte
             for target, (name, value) in enumerate(stdio.items())
         ]
     except BaseException:
-        for fd in fds:
-            os.close(fd)
-        fds.clear()
+        _fds.close_copies(fds)
         raise
 
 
@@ -493,7 +502,9 @@ def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) 
         return _wire.stdio_connect_unix(os.fsencode(value[1]))
     fd = target if value == "inherit" else _fileno(name, value)
     try:
-        copy = _fds.duplicate(fd)  # never 0-2: the next target must see those as they are
+        # never 0-2: the next target must see those as they are; into `fds` at once, which
+        # its caller closes should anything fail (or be interrupted) from here on
+        _fds.duplicate(fd, fds)
     except OSError as exc:
         if exc.errno != errno.EBADF:  # out of fds, say: not the workload's to go without
             raise OSError(
@@ -502,7 +513,6 @@ def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) 
         if value == "inherit":
             return _wire.stdio_closed()  # the caller's own fd is closed: so is the workload's
         raise ValueError(f"stdio[{name!r}]: fd {fd} is not open") from None
-    fds.append(copy)
     return _FD_DIRECTIVES[len(fds) - 1]
 
 

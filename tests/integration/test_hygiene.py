@@ -641,3 +641,70 @@ def test_dropping_a_session_never_waits_for_its_channels_lock() -> None:
         pytest.fail("dropping a session waited for its channel's lock")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok"]
+
+
+FORK_WHILE_A_SPAWN_HOLDS_A_COPY = """
+import os
+from linx import _options
+
+read_end, write_end = os.pipe()
+pipe = os.fstat(write_end).st_ino
+# What a spawn under way in another thread holds at the fork: its copies of the caller's fds.
+plan = _options.plan_spawn(["/bin/true"], stdio={"stdout": write_end})
+child = os.fork()
+if child == 0:
+    copies = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            same = os.stat(f"/proc/self/fd/{fd}").st_ino == pipe
+            copies += same and int(fd) not in (read_end, write_end)
+        except OSError:
+            pass
+    os._exit(copies)
+_, status = os.waitpid(child, 0)
+plan.close_fds()
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_child_forked_while_a_spawn_holds_copies_of_the_callers_fds_closes_them() -> None:
+    # Kept, the copy of a pipe given as stdout would hold the pipe open for as long as the
+    # forked child lives (a worker process, say), and the parent's reader would not see EOF
+    # when the workload exits.
+    result = run_python(FORK_WHILE_A_SPAWN_HOLDS_A_COPY)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0", "the forked child kept linx's copy of the pipe"
+
+
+def _interrupt(*_args: object, **_kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["planning", "starting"])
+def test_a_keyboard_interrupt_in_spawn_leaks_no_copy_of_the_callers_fds(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Ctrl-C in a spawn() after the caller's fds were copied: while the request is made
+    # from them, or between planning the spawn and starting it.
+    import linx._wire
+    import linx.session
+
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # the runtime is up
+    runtime = get_runtime()
+    assert wait_until(lambda: runtime._spare is not None and not runtime._refilling)
+    read_end, write_end = os.pipe()
+    try:
+        before = _open_fds()
+        if where == "planning":
+            monkeypatch.setattr(linx._wire, "Spawn", _interrupt)
+        else:
+            monkeypatch.setattr(linx.session, "_start_plan", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            linx.spawn(["/bin/true"], stdio={"stdout": write_end, "stderr": write_end})
+        monkeypatch.undo()
+        gc.collect()
+        leaked = {fd: t for fd, t in _open_fds().items() if fd not in before}
+        assert leaked == {}
+    finally:
+        os.close(read_end)
+        os.close(write_end)
