@@ -120,14 +120,19 @@ def test_linger_policy_keeps_workloads_running_after_python_process_dies(
         assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=5)
 
 
+def _sigterm_survivor(log: Path) -> str:
+    """A shell script that writes "trapped" to `log` once it has its SIGTERM trap, notes each
+    SIGTERM there and carries on. Run as pid 1 of its own pid namespace, so that when SIGKILL
+    ends it the kernel ends its `sleep` children too."""
+    return f'trap "echo term >> {log}" TERM; echo trapped > {log}; while :; do sleep 0.05; done'
+
+
 @pytest.mark.usefixtures("no_gc")
 def test_kill_policy_grace_ends_with_sigkill_for_a_workload_that_survives_sigterm(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "terms"
-    # The shell notes each SIGTERM and carries on; it is pid 1 of its own pid namespace,
-    # so when SIGKILL ends it the kernel ends its `sleep` children too.
-    script = f'trap "echo term >> {log}" TERM; echo trapped > {log}; while :; do sleep 0.05; done'
+    script = _sigterm_survivor(log)
     session = linx.spawn(
         ["/bin/sh", "-c", script],
         namespaces=["pid"],
@@ -370,7 +375,7 @@ def test_a_dropped_session_with_an_owner_still_gets_sigkill_after_the_grace(
     tmp_path: Path,
 ) -> None:
     log = tmp_path / "terms"
-    script = f'trap "echo term >> {log}" TERM; echo trapped > {log}; while :; do sleep 0.05; done'
+    script = _sigterm_survivor(log)
     owner: queue.Queue[linx.Event] = queue.Queue()
     host_pid = _dropped_with_owner(
         "spawn",

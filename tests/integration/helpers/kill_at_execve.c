@@ -3,7 +3,6 @@
  * its exec marker: the "killed on its way into execve" case, at full speed (no tracer). */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -13,13 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if defined(__x86_64__)
-#define ARCH AUDIT_ARCH_X86_64
-#elif defined(__aarch64__)
-#define ARCH AUDIT_ARCH_AARCH64
-#else
-#error "no AUDIT_ARCH for this target"
-#endif
+#include "seccomp_arch.h"
 
 extern char **environ;
 
