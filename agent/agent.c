@@ -435,6 +435,11 @@ static void on_request(struct session *s, const struct wire_frame *f)
 {
 	struct fail fl;
 
+	if (s->ch.fds_lost) {
+		/* the request was fine; we could not take its fds (as the launcher reports it) */
+		fail(s, "recvmsg", EMFILE);
+		return;
+	}
 	if (f->type != MSG_SPAWN || s->ch.truncated) {
 		fail(s, "malformed_request", EINVAL);
 		return;
@@ -567,9 +572,9 @@ static void on_frames(struct session *s)
 		}
 	}
 	/* commands take no fds; a command that brought some gets them closed */
-	if (s->ch.truncated && s->phase != PH_REQUEST && !s->done) {
+	if ((s->ch.truncated || s->ch.fds_lost) && s->phase != PH_REQUEST && !s->done) {
 		notice(s, "malformed_command", EINVAL);
-		s->ch.truncated = 0;
+		s->ch.truncated = s->ch.fds_lost = 0;
 	}
 	if (s->phase != PH_REQUEST)
 		chan_close_fds(&s->ch);

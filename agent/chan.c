@@ -111,7 +111,7 @@ long chan_fill(struct chan *c, uint32_t frame_cap)
 		}
 	}
 	if (msg.msg_flags & MSG_CTRUNC)
-		c->truncated = 1;
+		c->fds_lost = 1;
 	c->len += (size_t)n;
 	return (long)n;
 }

@@ -17,7 +17,9 @@ struct chan {
 	size_t len, cap;
 	int *fds;		/* FIFO of received fds, oldest first */
 	size_t nfds, fdcap;
-	int truncated;		/* MSG_CTRUNC seen (or FIFO overflow): fds were lost */
+	int truncated;		/* the FIFO overflowed: fds were dropped by us */
+	int fds_lost;		/* MSG_CTRUNC: the kernel could not give us every fd sent
+				 * (RLIMIT_NOFILE, nearly always: the buffer takes SCM_MAX_FD) */
 	int one_frame;		/* reads stop at the end of the frame being read, so the FIFO
 				 * holds only the fds that came with it */
 	uint8_t *out;		/* frames queued for the peer, not yet taken by the socket */

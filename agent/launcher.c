@@ -186,9 +186,9 @@ static void on_frame(struct launcher *l, const struct wire_frame *f)
 
 	if (f->type != MSG_START_AGENT || request_decode_start_agent(f, &token))
 		quit(l);
-	if (l->ch.truncated) {
+	if (l->ch.fds_lost) {
 		/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
-		l->ch.truncated = 0;
+		l->ch.fds_lost = 0;
 		chan_close_fds(&l->ch);
 		launch_failed(l, token, "recvmsg", EMFILE);
 		return;

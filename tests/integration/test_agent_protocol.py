@@ -11,6 +11,7 @@ import array
 import errno
 import fcntl
 import os
+import resource
 import socket
 import struct
 from collections.abc import Iterator
@@ -127,6 +128,26 @@ def test_a_command_as_first_frame_is_malformed_request(agent: RawAgent) -> None:
 def test_nul_inside_argv_is_malformed_request(agent: RawAgent) -> None:
     agent.send(_spawn(argv=(b"/bin/tr\0ue",)))
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
+def test_fds_the_agent_cannot_take_are_stage_recvmsg_emfile(agent: RawAgent) -> None:
+    # The request is well formed; the kernel drops its fd at the agent's RLIMIT_NOFILE
+    # (MSG_CTRUNC). That is the agent's resource failure, reported as the launcher reports
+    # the same, not the caller's malformed request.
+    held = {int(fd) for fd in os.listdir(f"/proc/{agent.pid}/fd")}
+    lowest_free = min(set(range(len(held) + 1)) - held)
+    resource.prlimit(agent.pid, resource.RLIMIT_NOFILE, (lowest_free, 1024))
+    read_end, write_end = os.pipe()
+    try:
+        agent.sock.sendmsg(
+            [_spawn(stdout=_wire.stdio_fd(0))],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))],
+        )
+    finally:
+        os.close(write_end)
+    assert _error(agent.messages()) == ("recvmsg", errno.EMFILE)
+    assert os.read(read_end, 1) == b""  # nobody holds the pipe's write end any more
+    os.close(read_end)
 
 
 def test_stdio_fd_index_without_fds_is_malformed_request(agent: RawAgent) -> None:
