@@ -22,10 +22,10 @@ __all__ = [
 class ProcessError(OSError):
     """A pre-exec or agent failure: the workload never ran (or its agent died).
 
-    `stage` names the step that failed (see docs/design.md for the table), `errno` is the
-    POSIX errno (`None` for `agent_died`), and `code` is the raw integer: the errno, or for
-    `agent_died` the agent's exit status (negative signal number if it was killed, `None`
-    when no launcher was left to report it).
+    `stage` names the step that failed (see docs/protocol.md, "Stages", for the table),
+    `errno` is the POSIX errno (`None` for `agent_died`), and `code` is the raw integer: the
+    errno, or for `agent_died` the agent's exit status (negative signal number if it was
+    killed, `None` when no launcher was left to report it).
     """
 
     stage: str

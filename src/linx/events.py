@@ -83,7 +83,8 @@ class Event:
 
 @dataclass(frozen=True)
 class Ready(Event):
-    """The child is parked at the checkpoint; `host_pid` is its pid as the host sees it."""
+    """The child is at the checkpoint (parked, unless `auto_proceed` released it already);
+    `host_pid` is its pid as the host sees it."""
 
     host_pid: int
 

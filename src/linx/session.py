@@ -353,9 +353,9 @@ def spawn(
     - `env`: a mapping or a sequence of "K=V"; `None` sends `os.environ` as it is now.
       `cwd`: the workload's directory; `None` is this process's, as it is now.
     - `stdio`: "inherit", "devnull", or a dict with keys "stdin"/"stdout"/"stderr" whose
-      values are "inherit", "devnull", `("connect_unix", path)` (connected here, before
-      any namespace), an fd, or an object with `fileno()`. linx holds its own copy of a
-      passed fd: yours may be closed as soon as `spawn()` returns.
+      values are "inherit", "devnull", `("connect_unix", path)` (connected by the agent,
+      before any namespace), an fd, or an object with `fileno()`. linx holds its own copy
+      of a passed fd: yours may be closed as soon as `spawn()` returns.
     - `owner`: an unbounded `queue.Queue`, an `asyncio.Queue` of the running loop, any
       object with `put(event)`, or a callable; it runs in linx's reactor thread and must
       not block. An owner given here (or by `set_owner`) hears the outcome even if the
