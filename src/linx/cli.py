@@ -46,8 +46,8 @@ examples:
 A command without a slash is searched in the workload's PATH (see --env, --clear-env);
 a relative one is taken from the workload's working directory (--cwd, or yours).
 The exit status is the workload's, 128+N if signal N killed it, 125 if it never ran (the
-failing stage and errno are printed on stderr), 127 if the command is not found, and 2
-for a bad command line.
+failing stage and errno are printed on stderr: a missing path fails at execve), 127 if
+a command without a slash is not found in PATH, and 2 for a bad command line.
 
 Signals: Ctrl-C reaches the workload from the terminal (and if it dies of it, linx ends
 by SIGINT too, so that a shell stops the loop or script it was in). SIGTERM or SIGHUP

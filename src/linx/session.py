@@ -198,7 +198,8 @@ class Session:
     def signal(self, signum: int) -> None:
         """Send `signum` to the workload (through a pidfd: a reused pid is never hit).
 
-        Before `Running` signals are buffered and delivered in order at `Running`.
+        Before `Running` signals are buffered and delivered in order at `Running`, right
+        after `execve`: before the workload can have set a handler for any of them.
         Raises `NoProcess` once the session has ended.
         """
         number = _options.validate_signal(signum)
