@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -78,11 +79,32 @@ CHILD_CODE static int step_stdio(const struct child_plan *p)
 	return 0;
 }
 
+/* Whether we are in the directory `path` already: the launcher's, inherited, where the
+ * caller was when it started it. getcwd asks the kernel, which needs no permission. */
+CHILD_CODE __attribute__((noinline)) static int already_in(const char *path)
+{
+	char here[PATH_MAX];
+	long n = syscall(SYS_getcwd, here, sizeof(here));
+
+	if (n <= 0)
+		return 0;
+	for (long i = 0; i < n; i++)	/* n counts the NUL */
+		if (here[i] != path[i])
+			return 0;
+	return 1;
+}
+
+/* A caller may be in a directory it could not enter now: a server that dropped root in
+ * /root, a `sudo -u` from a private directory. Its own children (subprocess, unshare)
+ * inherit that directory without a chdir; ours would be refused it (EACCES). Where the
+ * child is in that very directory already, as it is when the caller has not moved since
+ * its launcher started, the refused chdir has nothing left to do. */
 CHILD_CODE static int step_chdir(const struct child_plan *p)
 {
-	if (p->req->cwd && chdir(p->req->cwd) < 0)
-		return errno;
-	return 0;
+	if (!p->req->cwd || chdir(p->req->cwd) == 0)
+		return 0;
+	int err = errno;
+	return err == EACCES && already_in(p->req->cwd) ? 0 : err;
 }
 
 /* Raw syscalls for the id changes: glibc's wrappers broadcast to all threads through its

@@ -138,3 +138,90 @@ def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None
         "root_launcher_gone": True,
         "parked": "Exited(code=3)",
     }, report
+
+
+def test_after_a_privilege_drop_workloads_inherit_a_directory_they_cannot_enter(
+    tmp_path: Path,
+) -> None:
+    # A server that drops root where only root may enter (/root, a 0700 service
+    # directory) is still in it, and its children start there (subprocess, unshare:
+    # nothing changes directory). The workload's chdir to it is refused (EACCES); the
+    # child is in it already, from the launcher started there, and must stay.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    done = run_python(
+        f"""
+        import json, os, subprocess, linx
+
+        def where(**options):
+            r, w = os.pipe()
+            s = linx.spawn(["/bin/sh", "-c", "pwd -P"], stdio={{"stdout": w}}, **options)
+            os.close(w)
+            try:
+                if not options.get("auto_proceed"):
+                    ready = s.events.get(timeout=20)
+                    if isinstance(ready, linx.Failed):
+                        raise ready.error
+                    s.proceed()
+                outcome = s.wait(timeout=20)
+            except linx.ProcessError as exc:
+                outcome = f"{{exc.stage}}/{{exc.errno}}"
+            finally:
+                s.close()
+            with os.fdopen(r) as out:
+                return [out.read().strip(), repr(outcome)]
+
+        os.chdir({str(private)!r})
+        assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=20) == linx.Exited(0)
+        os.setgroups([])
+        os.setgid({NOBODY})
+        os.setuid({NOBODY})
+        user = dict(namespaces=["user", "mount"], uid_map=[(0, {NOBODY}, 1)], uid=0)
+        print(json.dumps({{
+            "subprocess": subprocess.run(["/bin/sh", "-c", "pwd -P"], capture_output=True,
+                                         text=True).stdout.strip(),
+            "vfork": where(auto_proceed=True),
+            "parked": where(),
+            "user_vfork": where(auto_proceed=True, **user),
+            "user_parked": where(**user),
+        }}))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    ran = [str(private), "Exited(code=0)"]
+    assert report == {
+        "subprocess": str(private),
+        "vfork": ran,
+        "parked": ran,
+        "user_vfork": ran,
+        "user_parked": ran,
+    }, report
+
+
+def test_a_directory_the_caller_cannot_enter_given_as_cwd_is_still_refused(
+    nobody_python: None, tmp_path: Path
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    done = run_python(
+        f"""
+        import json, linx
+        results = []
+        for auto_proceed in (True, False):
+            s = linx.spawn(["/bin/true"], cwd={str(private)!r}, auto_proceed=auto_proceed)
+            with s:
+                try:
+                    if not auto_proceed:
+                        assert isinstance(s.events.get(timeout=20), linx.Ready)
+                        s.proceed()
+                    results.append(repr(s.wait(timeout=20)))
+                except linx.ProcessError as exc:
+                    results.append([exc.stage, exc.errno])
+        print(json.dumps(results))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results == [["chdir", errno.EACCES], ["chdir", errno.EACCES]], results
