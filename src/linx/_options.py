@@ -62,6 +62,19 @@ StdioSpec: TypeAlias = str | Mapping[str, StdioValue]
 _STDIO_NAMES = ("stdin", "stdout", "stderr")
 
 
+class _DefaultSetgroups(str):
+    """The type of `DEFAULT_SETGROUPS` alone: a "deny" told apart from one the caller gave."""
+
+    __slots__ = ()
+
+
+# spawn()'s default for `setgroups`. Written only with a gid map, which needs it first;
+# without one the caller may not be able to (real and effective uids that differ make the
+# agent undumpable, its /proc files root's), where `unshare --user` would work. A value
+# the caller gives is written for every new user namespace.
+DEFAULT_SETGROUPS: str = _DefaultSetgroups("deny")
+
+
 @dataclass
 class SpawnPlan:
     """A validated request: the message to send and the fds that travel with it.
@@ -305,6 +318,17 @@ def _orphan_policy(policy: object) -> tuple[int | None, int | None]:
     raise ValueError(f"orphan_policy must be 'linger' or ('kill', seconds), not {policy!r}")
 
 
+def _setgroups(value: object, spaces: frozenset[Namespace], gids: bytes | None) -> bytes | None:
+    """What to write to the new user namespace's setgroups file, if anything (see
+    DEFAULT_SETGROUPS): a value the caller gave, even without a gid map (it may write one
+    at the checkpoint), and the default with a gid map."""
+    if value not in ("deny", "allow"):
+        raise ValueError(f"setgroups must be 'deny' or 'allow', not {value!r}")
+    if Namespace.USER not in spaces or (value is DEFAULT_SETGROUPS and gids is None):
+        return None
+    return str(value).encode()
+
+
 def _id_map(name: str, entries: object) -> bytes:
     if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
         raise TypeError(f"{name} must be a list of (inside, outside, count), not {entries!r}")
@@ -358,7 +382,7 @@ def plan_spawn(
     hostname: object = None,
     uid_map: object = None,
     gid_map: object = None,
-    setgroups: object = "deny",
+    setgroups: object = DEFAULT_SETGROUPS,
     uid: object = None,
     gid: object = None,
     groups: object = None,
@@ -384,8 +408,7 @@ def plan_spawn(
     for name, given, encoded in (("uid_map", uid_map, uids), ("gid_map", gid_map, gids)):
         if encoded is not None and Namespace.USER not in spaces:
             raise ValueError(f"{name}={given!r} needs the 'user' namespace")
-    if setgroups not in ("deny", "allow"):
-        raise ValueError(f"setgroups must be 'deny' or 'allow', not {setgroups!r}")
+    setgroups_file = _setgroups(setgroups, spaces, gids)
     uid = None if uid is None else _id("uid", uid)
     gid = None if gid is None else _id("gid", gid)
     group_list = None if groups is None else _groups(groups)
@@ -403,10 +426,7 @@ def plan_spawn(
             hostname=host,
             uid_map=uids,
             gid_map=gids,
-            # With every new user namespace, gid_map or not: a caller who writes the gid
-            # map at the checkpoint gets what it asked for, and "deny" is what lets an
-            # unprivileged one write it.
-            setgroups=str(setgroups).encode() if Namespace.USER in spaces else None,
+            setgroups=setgroups_file,
             uid=uid,
             gid=gid,
             groups=group_list,

@@ -335,7 +335,7 @@ def spawn(
     hostname: str | bytes | None = None,
     uid_map: Sequence[tuple[int, int, int]] | None = None,
     gid_map: Sequence[tuple[int, int, int]] | None = None,
-    setgroups: str = "deny",
+    setgroups: str = _options.DEFAULT_SETGROUPS,
     uid: int | None = None,
     gid: int | None = None,
     groups: Sequence[int] | None = None,
@@ -370,8 +370,9 @@ def spawn(
       the default is 5 s) or "linger" (it runs on). A parked child is always discarded.
     - `hostname`: set in the new UTS namespace (needs "uts").
     - `uid_map`/`gid_map`: `(inside, outside, count)` lines, written before `Ready`
-      (need "user"). `setgroups`: "deny" (default) or "allow", written for every new user
-      namespace, before any gid map.
+      (need "user"). `setgroups`: "deny" or "allow", written before the gid map; given
+      explicitly, written for every new user namespace, gid map or not (for one written
+      at the checkpoint). The default, "deny", is written only with a `gid_map`.
     - `uid`/`gid`/`groups`: the workload's ids, as seen inside its user namespace, set in
       the child before `execve`. A `uid` or `gid` without `groups` clears the
       supplementary groups where it may.

@@ -186,19 +186,30 @@ def test_a_user_namespace_maps_root_inside_to_uid_1000_outside(
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({}, "deny"),
-        ({"uid_map": [(0, 1000, 1)]}, "deny"),
+        ({}, "allow"),
+        ({"setgroups": "deny"}, "deny"),
+        ({"uid_map": [(0, 1000, 1)]}, "allow"),
+        ({"uid_map": [(0, 1000, 1)], "setgroups": "deny"}, "deny"),
         ({"uid_map": [(0, 1000, 1)], "setgroups": "allow"}, "allow"),
         ({"gid_map": [(0, 1000, 1)], "setgroups": "allow"}, "allow"),
         ({"gid_map": [(0, 1000, 1)]}, "deny"),
     ],
-    ids=["no-maps", "uid-map-only", "uid-map-only-allow", "gid-map-allow", "gid-map"],
+    ids=[
+        "default-no-maps",
+        "deny-no-maps",
+        "default-uid-map-only",
+        "deny-uid-map-only",
+        "allow-uid-map-only",
+        "allow-gid-map",
+        "default-gid-map",
+    ],
 )
-def test_setgroups_is_written_for_every_new_user_namespace(
+def test_setgroups_is_written_when_given_or_with_a_gid_map(
     session_factory: Factory, options: dict[str, object], expected: str
 ) -> None:
-    # Also without a gid_map: a caller that writes one at the checkpoint must find the
-    # setgroups it asked for (and an unprivileged one can write it only after "deny").
+    # Given, it is written also without a gid_map: a caller that writes one at the
+    # checkpoint must find the setgroups it asked for. The default goes with a gid_map
+    # (the kernel's own default, "allow", stays otherwise).
     session = session_factory(["/bin/true"], namespaces=["user"], **options)
     ready = expect(session, linx.Ready)
     assert Path(f"/proc/{ready.host_pid}/setgroups").read_text().strip() == expected
@@ -206,6 +217,26 @@ def test_setgroups_is_written_for_every_new_user_namespace(
         Path(f"/proc/{ready.host_pid}/gid_map").write_text("0 1000 1\n")
     session.proceed()
     assert session.wait(10) == linx.Exited(0)
+
+
+def test_a_caller_whose_real_and_effective_uids_differ_gets_a_user_namespace() -> None:
+    # Its agents are not dumpable, so their children's /proc files are not its to write:
+    # the default setgroups must not be written where no gid_map needs it (as with a plain
+    # `unshare --user`).
+    done = run_python(
+        """
+        import os, linx
+        os.seteuid(65534)
+        for auto in (True, False):
+            session = linx.spawn(["/bin/true"], namespaces=["user"], auto_proceed=auto)
+            if not auto:
+                assert isinstance(session.events.get(timeout=10), linx.Ready)
+                session.proceed()
+            print(session.wait(10))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["Exited(code=0)"] * 2, done.stdout
 
 
 def test_hostname_is_set_in_a_uts_namespace_only(session_factory: Factory, pipe: Pipe) -> None:
