@@ -21,9 +21,7 @@ before it saw EOF.
 
 from __future__ import annotations
 
-import collections
 import fcntl
-import functools
 import os
 import select
 import socket
@@ -50,13 +48,11 @@ def duplicate(fd: int, into: list[int]) -> None:
     (`close_copies`). `os.dup` would take the lowest free fd, which may be one of 0, 1 and 2
     that a later step still means to read as closed."""
     with _placing:
-        # extend(map(...)): the copy goes from fcntl into the list with no bytecode run in
-        # between, where a signal handler's exception (a KeyboardInterrupt) would lose it
-        into.extend(map(functools.partial(fcntl.fcntl, fd, fcntl.F_DUPFD_CLOEXEC), _ABOVE))
+        # One window is left where a signal handler's exception (a KeyboardInterrupt) would
+        # lose the copy: the eval-breaker check as fcntl returns. Closing it costs about a
+        # µs a copy (extend(map(...))), on every spawn's path, for that one instruction.
+        into.append(_copy_up(fd))
         _copies.add(into[-1])
-
-
-_ABOVE = (FIRST_FREE,)
 
 
 def close_copies(fds: list[int]) -> None:
@@ -66,8 +62,9 @@ def close_copies(fds: list[int]) -> None:
         closing = fds[:]
         del fds[:]  # not fds.clear(): a call, after which a signal handler may raise
         _copies.difference_update(closing)
-        # map: no bytecode runs between two closes, so no signal handler can stop it halfway
-        collections.deque(map(os.close, closing), maxlen=0)
+        # map, consumed in C (os.close returns None): no bytecode runs between two closes,
+        # so no signal handler can stop it halfway
+        any(map(os.close, closing))
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
