@@ -21,6 +21,11 @@
 #include "util.h"
 #include "wire.h"
 
+/* How long an agent's exit may wait to be reaped while Python is asking for agents: an
+ * agent that died is reported to Python this much later at worst (it waits for the
+ * report up to 2 s). */
+#define REAP_DELAY_MS 50
+
 struct agent_rec {
 	pid_t pid;
 	uint64_t token;
@@ -247,22 +252,29 @@ int launcher_main(int ctl_fd)
 		return 1;
 	}
 
-	for (;;) {
+	for (int busy = 0;;) {
 		struct pollfd p[2] = {
 			{ .fd = l.ch.fd, .events = (short)(POLLIN | (l.ch.outlen ? POLLOUT : 0)) },
 			{ .fd = l.sfd, .events = POLLIN },
 		};
-		if (poll(p, 2, -1) < 0) {
+		/* While Python asks for agents, an agent's exit waits for its next request (or
+		 * REAP_DELAY_MS) to be reaped: an agent ends just as its session's outcome goes
+		 * to Python, and a wake-up of ours for it then takes a CPU from the threads that
+		 * carry the outcome and start the next spawn (docs/performance.md). */
+		int n = poll(p, busy ? 1 : 2, busy ? REAP_DELAY_MS : -1);
+		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			diag("poll", errno);
 			quit(&l);
 		}
-		if (p[1].revents)
-			reap_agents(&l);
+		busy = n > 0 && p[0].revents;
 		if (l.ch.outlen && (p[0].revents & (POLLOUT | POLLERR | POLLHUP)))
 			flush(&l);
 		if (p[0].revents & (POLLIN | POLLERR | POLLHUP))
 			on_channel(&l);
+		/* every wake-up, after the request it may bring: a read and a waitpid that find
+		 * nothing when no agent has ended */
+		reap_agents(&l);
 	}
 }

@@ -250,6 +250,24 @@ def test_a_workload_with_changed_ids_still_dies_with_its_agent(
         assert wait_until(lambda: not pid_alive(ready.host_pid))
 
 
+def test_an_agent_killed_while_the_launcher_is_busy_is_reported_with_its_status(
+    session_factory: Factory,
+) -> None:
+    # While spawns keep coming, the launcher reaps ended agents only when a request wakes
+    # it (or a short while after the last): a dead agent must still be reported, with the
+    # status its death gave, and its session must not wait out the 2 s report grace.
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    agent = session._channel.state.agent_pid
+    assert agent is not None
+    with killed_afterwards(ready.host_pid):
+        os.kill(agent, signal.SIGKILL)
+        for _ in range(20):  # the launcher is asked for a new spare after each
+            assert linx.spawn(["/bin/true"], auto_proceed=True).wait(10) == linx.Exited(0)
+        failed = expect(session, linx.Failed)
+        assert (failed.error.stage, failed.error.code) == ("agent_died", -signal.SIGKILL)
+
+
 @pytest.mark.parametrize("when", ["parked", "running"])
 def test_killing_the_agent_fails_with_agent_died_and_takes_the_workload(
     session_factory: Factory, when: str
