@@ -195,10 +195,12 @@ class Channel:
         and at interpreter exit the reactor thread, frozen, may hold it for ever. So the
         work is the reactor's, and this takes no lock. At exit it may never run: the
         process's end closes the channel, and the agent applies the policy at EOF."""
-        if self.state.terminal:
-            # Released by its terminal step (see _release): waking the reactor thread
-            # would only slow the caller's next spawn. A bool set without the lock: the
-            # session is gone, nobody else writes it but to True.
+        if self.closed or self.state.terminal:
+            # Released by its terminal step (see _release), or closed already (close(),
+            # or in a forked child, whose copy of the reactor has no thread and whose wake
+            # fd number may be another file's by now): waking the reactor thread would at
+            # best slow the caller's next spawn. A bool set without the lock: the session
+            # is gone, nobody else writes it but to True.
             self.closed = True
             return
         self._reactor.call_soon(self._abandoned)

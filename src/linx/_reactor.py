@@ -75,7 +75,7 @@ class Reactor:
         return threading.get_ident() == self._ident
 
     def _wake(self) -> None:
-        if not self.in_reactor_thread():
+        if not self.in_reactor_thread() and self._wake_fd >= 0:
             try:
                 os.eventfd_write(self._wake_fd, 1)
             except BlockingIOError:
@@ -153,4 +153,5 @@ class Reactor:
         """
         self._handlers.clear()
         os.close(self._wake_fd)
+        self._wake_fd = -1  # its number may be another file's now: never written again
         self._epoll.close()

@@ -708,3 +708,38 @@ def test_a_keyboard_interrupt_in_spawn_leaks_no_copy_of_the_callers_fds(
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_session_dropped_in_a_forked_child_writes_nothing_to_its_files(
+    tmp_path: Path,
+) -> None:
+    # The child's copy of the parent's reactor has no thread, and its wake fd is closed:
+    # the number goes to the next file the child opens. Dropping a parent's session there
+    # must not wake that reactor, which would write 8 bytes into the child's file.
+    holder = [linx.spawn(["/bin/sleep", "30"], auto_proceed=True)]
+    expect(holder[0], linx.Ready)
+    expect(holder[0], linx.Running)
+    wake_fd = get_runtime().reactor._wake_fd
+    log = tmp_path / "log"
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        status = 1
+        try:
+            opened = []
+            while True:  # the child's own files, one of them at the freed number
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                opened.append(fd)
+                if fd == wake_fd or fd > wake_fd + 16:
+                    break
+            os.write(fd, b"line\n")
+            holder.clear()  # the child drops its copy of the session
+            status = 0
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(wait_status) == 0
+        assert log.read_bytes() == b"line\n"
+    finally:
+        holder[0].close()
