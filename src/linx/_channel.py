@@ -76,6 +76,7 @@ class Channel:
         self._owner_outlives = owner_outlives
         self._reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
         self._sock: socket.socket | None = None
+        self._attached = False  # given its socket (`attach`): the reactor reads it
         self._out: collections.deque[_Outgoing] = collections.deque()
         self._want_write = False
         self.closed = False
@@ -103,6 +104,7 @@ class Channel:
         `sock` is non-blocking already."""
         with self._lock:
             self._sock = sock
+            self._attached = True
             if first:
                 self._out.append(_Outgoing(first, fds, done))
             self._reactor.register(sock.fileno(), select.EPOLLIN, self._on_ready)
@@ -216,8 +218,13 @@ class Channel:
             self.closed = True
             if self.state.terminal:
                 return  # released already (see _release)
-            if self._owner_outlives and self._sock is not None:
-                self._orphan_here()
+            if self._owner_outlives and self._attached:
+                # With no socket left (the agent's EOF came first) the outcome is still on
+                # its way: the launcher's word on the agent, or STATUS_GRACE's timer.
+                # Released now, the runtime would drop that word and the owner would get
+                # agent_died with no status, late.
+                if self._sock is not None:
+                    self._orphan_here()
                 return
         self._release()
 

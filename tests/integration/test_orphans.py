@@ -391,3 +391,35 @@ def test_a_dropped_session_with_an_owner_still_gets_sigkill_after_the_grace(
         assert "term" in log.read_text()
     finally:
         _kill_all([host_pid])
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_session_dropped_between_its_agents_eof_and_status_still_gets_that_status() -> None:
+    # The agent dies (SIGKILL) while its launcher cannot report it yet (stopped), and the
+    # session, with an owner of the caller's, is dropped after the EOF: the owner still
+    # gets agent_died with the agent's status, not "status unknown" after STATUS_GRACE.
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    session = linx.spawn(["/bin/sleep", "30"], auto_proceed=True, owner=owner)
+    assert isinstance(owner.get(timeout=10), linx.Ready)
+    assert isinstance(owner.get(timeout=10), linx.Running)
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    channel = session._channel
+    agent, host_pid = channel.state.agent_pid, session.host_pid
+    assert agent is not None and host_pid is not None
+    os.kill(launcher.pid, signal.SIGSTOP)
+    try:
+        os.kill(agent, signal.SIGKILL)
+        assert wait_until(lambda: channel._sock is None, timeout=5)  # the EOF
+        del session  # the channel holds it weakly
+        time.sleep(0.1)  # the reactor acts on the drop
+    finally:
+        os.kill(launcher.pid, signal.SIGCONT)
+    try:
+        event = owner.get(timeout=1)  # well within STATUS_GRACE
+        assert isinstance(event, linx.Failed), event
+        assert (event.error.stage, event.error.code) == ("agent_died", -signal.SIGKILL)
+        with pytest.raises(queue.Empty):
+            owner.get(timeout=0.3)
+    finally:
+        _kill_all([host_pid])
