@@ -324,7 +324,8 @@ def _setgroups(value: object, spaces: frozenset[Namespace], gids: bytes | None) 
     at the checkpoint), and the default with a gid map."""
     if value not in ("deny", "allow"):
         raise ValueError(f"setgroups must be 'deny' or 'allow', not {value!r}")
-    if Namespace.USER not in spaces or (value is DEFAULT_SETGROUPS and gids is None):
+    # isinstance, not `is`: a copy of the default (copy, deepcopy, pickle) is still it
+    if Namespace.USER not in spaces or (isinstance(value, _DefaultSetgroups) and gids is None):
         return None
     return str(value).encode()
 

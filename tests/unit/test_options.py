@@ -97,3 +97,24 @@ def test_an_orphan_grace_past_floats_range_is_a_value_error_naming_it(grace: int
     # math.isfinite of such an int raises OverflowError, which named neither option nor value
     with pytest.raises(ValueError, match=r"orphan_policy grace must be from 0 to"):
         _options.plan_spawn(["/bin/true"], orphan_policy=("kill", grace))
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_copy_of_the_default_setgroups_is_still_the_default(how: str) -> None:
+    # A wrapper that takes spawn()'s defaults from its signature and copies them (deepcopy
+    # of a config, pickle to a worker) must not turn the default into an explicit "deny",
+    # written even without a gid map (setgroups_file/EACCES for an undumpable agent).
+    import copy
+    import pickle
+
+    default = _options.DEFAULT_SETGROUPS
+    if how == "copy":
+        copied = copy.copy(default)
+    elif how == "deepcopy":
+        copied = copy.deepcopy(default)
+    else:
+        copied = pickle.loads(pickle.dumps(default))
+    plan = _options.plan_spawn(["/bin/true"], namespaces=["user"], setgroups=copied)
+    assert plan.request.setgroups is None
+    plan = _options.plan_spawn(["/bin/true"], namespaces=["user"], setgroups="deny")
+    assert plan.request.setgroups == b"deny"
