@@ -505,15 +505,12 @@ def _fileno(name: str, value: StdioValue) -> int:
 
 
 def _stdio_directives(stdio: dict[str, StdioValue], fds: list[int]) -> list[bytes]:
-    """Wire values for fds 0, 1, 2; fds to pass are duplicated into `fds` (caller may close)."""
-    try:
-        return [
-            _stdio_directive(fds, target, name, value)
-            for target, (name, value) in enumerate(stdio.items())
-        ]
-    except BaseException:
-        _fds.close_copies(fds)
-        raise
+    """Wire values for fds 0, 1, 2; fds to pass are duplicated into `fds`, which the caller
+    closes, also when this raises."""
+    return [
+        _stdio_directive(fds, target, name, value)
+        for target, (name, value) in enumerate(stdio.items())
+    ]
 
 
 def _stdio_directive(fds: list[int], target: int, name: str, value: StdioValue) -> bytes:
