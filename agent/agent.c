@@ -49,7 +49,11 @@ struct session {
 	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
 	size_t nsigs, sigcap;
 	int unread;		/* whole commands may wait in ch's buffer (on_frames) */
-	int peer_gone;		/* Python closed the channel: orphan policy */
+	int mute;		/* nothing more can go to Python: it stopped reading (EPIPE,
+				 * ECONNRESET on a write; commands it sent before may still wait
+				 * to be read), or the channel is gone */
+	int peer_gone;		/* the channel is at its end (EOF, or given up): every command
+				 * Python sent has been acted on, the orphan policy is next */
 	int done;		/* terminal frame sent (or nobody to send it to) */
 	int status;		/* exit status: non-zero when the channel broke on our side,
 				 * so the launcher reports AGENT_EXITED and Python is not left
@@ -76,17 +80,23 @@ static int holding(const struct session *s)
  * does. */
 static int must_send(const struct session *s)
 {
-	return s->ch.outlen && !s->peer_gone && (!holding(s) || s->ch.outlen > HOLD_MAX);
+	return s->ch.outlen && !s->mute && (!holding(s) || s->ch.outlen > HOLD_MAX);
 }
 
-/* The channel is done with: Python is gone (EPIPE, ECONNRESET), or our side of it failed,
- * which gets a line and exit status 1. */
+/* A send failed. EPIPE or ECONNRESET: Python reads no more, but what it sent before it
+ * closed is still in the socket, to be acted on as if it were there: nothing goes out
+ * from here on, and the commands are read to EOF (then the orphan policy). Any other
+ * error is our side of the channel failing: it is given up at once, with a line and exit
+ * status 1, so that the launcher's AGENT_EXITED tells Python, which would otherwise wait
+ * for a terminal frame that never comes. */
 static void broken(struct session *s, const char *stage, int err)
 {
-	s->peer_gone = 1;
+	s->mute = 1;
+	s->ch.outlen = 0;
 	if (err != EPIPE && err != ECONNRESET) {
 		diag(stage, err);
 		s->status = 1;
+		s->peer_gone = 1;
 	}
 }
 
@@ -95,7 +105,7 @@ static void flush(struct session *s)
 {
 	int err;
 
-	if (!s->peer_gone && (err = chan_flush(&s->ch)))
+	if (!s->mute && (err = chan_flush(&s->ch)))
 		broken(s, "send", err);
 }
 
@@ -104,7 +114,7 @@ static void flush(struct session *s)
  * one wake-up of its reactor instead of three. */
 static void send_frame(struct session *s, struct wire_out *o)
 {
-	if (s->peer_gone)
+	if (s->mute)
 		return;
 	if (wire_end(o) < 0) {
 		diag("encode", EOVERFLOW);
@@ -593,11 +603,14 @@ static void on_channel(struct session *s)
 		return;
 	}
 	if (n <= 0) {
-		/* EOF, or the connection broke: Python is gone either way */
+		/* EOF, or the connection broke: Python is gone either way, and whatever it
+		 * sent before has been acted on (the kernel gives queued bytes before the
+		 * EOF or the ECONNRESET) */
 		if (n < 0 && n != -ECONNRESET) {
 			diag("recvmsg", (int)-n);
 			s->status = 1;
 		}
+		s->mute = 1;
 		s->peer_gone = 1;
 		return;
 	}
@@ -664,18 +677,44 @@ static int released(const struct session *s)
 	return s->phase == PH_RELEASED || (s->phase == PH_STARTING && s->released_early);
 }
 
+/* A lingering released child's exec outcome, as agent_main would have read it with
+ * Python there: RUNNING is then when the SIGNALs Python sent before it closed go out,
+ * in order (none if the exec failed: fail() has discarded the child). Only the child is
+ * waited on: it is past the checkpoint, so its report pipe reaches EOF at its execve or
+ * its exit. */
+static void await_exec_outcome(struct session *s)
+{
+	while (!s->done && s->phase != PH_RUNNING) {
+		struct pollfd p = { .fd = s->child.report_rd, .events = POLLIN };
+		if (poll(&p, 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			diag("orphan poll", errno);
+			fail(s, "poll", errno);
+			return;
+		}
+		on_report(s);
+	}
+}
+
 static void orphan(struct session *s)
 {
-	s->done = 1;
-	if (s->phase == PH_REQUEST)
+	if (s->phase == PH_REQUEST) {
+		s->done = 1;
 		return;
+	}
 	/* linger keeps a released workload whose 'E' and EOF have not reached us yet, as it
 	 * keeps a running one: whether Python's EOF came before or after them is timing */
 	if (s->phase != PH_RUNNING && !(s->req.orphan_linger && released(s))) {
 		child_discard(&s->child);
+		s->done = 1;
 		return;
 	}
 	let_go_of_stderr();
+	await_exec_outcome(s);
+	if (s->done)
+		return;
+	s->done = 1;
 	if (!s->req.orphan_linger) {
 		/* SIGCONT so a stopped workload gets to act on the SIGTERM within the grace */
 		if (pidfd_send_signal(s->child.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
@@ -694,9 +733,9 @@ static void orphan(struct session *s)
  * Python here delays only our own exit. */
 static void drain(struct session *s)
 {
-	while (!s->peer_gone && s->ch.outlen) {
+	while (!s->mute && s->ch.outlen) {
 		flush(s);
-		if (s->peer_gone || !s->ch.outlen)
+		if (s->mute || !s->ch.outlen)
 			break;
 		struct pollfd p = { .fd = s->ch.fd, .events = POLLOUT };
 		if (poll(&p, 1, -1) < 0 && errno != EINTR)
@@ -713,6 +752,9 @@ int agent_main(int ctl_fd)
 	s.child = (struct child)CHILD_NONE;
 
 	while (!s.done) {
+		/* a flush that finds Python gone (EPIPE) only mutes the session: the commands
+		 * it sent before closing are read and acted on up to the EOF, and only then
+		 * does the orphan policy apply (peer_gone) */
 		if (must_send(&s))
 			flush(&s);
 		if (s.peer_gone) {

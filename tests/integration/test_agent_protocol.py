@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import resource
+import signal
 import socket
 import struct
 import time
@@ -326,3 +327,95 @@ def test_linger_keeps_a_released_workload_whose_exec_is_not_in_yet(
         assert raw.status == 0
         assert marker.read_text() == "ran\n", "a lingering workload was killed"
         marker.unlink()
+
+
+def _late_marker(marker: Path) -> bytes:
+    # a workload that leaves a marker only if it lives for 0.3 s after its exec
+    return b"sleep 0.3; echo ran > " + bytes(marker)
+
+
+def _until_ready(raw: RawAgent) -> int:
+    raw.sock.settimeout(10)
+    seen: list[_wire.Message] = []
+    while not any(isinstance(m, _wire.Ready) for m in seen):
+        data = raw.sock.recv(65536)
+        assert data, f"the agent closed the channel: {seen}"
+        seen += raw.reader.feed(data)
+    return next(m.host_pid for m in seen if isinstance(m, _wire.Ready))
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+@pytest.mark.parametrize("vfork", ["0", "1"])
+def test_linger_acts_on_a_signal_sent_right_before_the_close(tmp_path: Path, vfork: str) -> None:
+    # SPAWN (auto_proceed, linger), SIGNAL(9), close at once, unread frames and all: the
+    # agent's write of SPAWNED/READY/RUNNING may fail (EPIPE) before it has read the SIGNAL,
+    # and its EOF may come before the exec outcome. The SIGNAL was sent while Python was
+    # there: it is acted on (at RUNNING) before the orphan policy keeps what is left.
+    marker = tmp_path / "ran"
+    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    for _ in range(5):
+        raw = RawAgent(env=env)
+        raw.send(
+            _spawn(argv=(b"/bin/sh", b"-c", _late_marker(marker)), auto_proceed=1, orphan_linger=1)
+            + _wire.encode(_wire.Signal(signum=9))
+        )
+        raw.close()  # waits for the agent, which waits for its lingering workload
+        assert raw.status == 0
+        assert not marker.exists(), "the SIGNAL sent before the close was lost"
+
+
+@pytest.mark.parametrize("vfork", ["0", "1"])
+def test_linger_delivers_signals_buffered_for_running_after_the_close(
+    tmp_path: Path, vfork: str
+) -> None:
+    # A parked child, PROCEED and SIGNAL(SIGTERM), then close. The child is stopped while
+    # parked, so the exec outcome cannot be in before the agent's EOF: linger keeps the
+    # released child, and the SIGTERM buffered for RUNNING is still sent once it runs.
+    marker = tmp_path / "ran"
+    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    raw = RawAgent(env=env)
+    raw.send(_spawn(argv=(b"/bin/sh", b"-c", _late_marker(marker)), orphan_linger=1))
+    host_pid = _until_ready(raw)
+    os.kill(host_pid, signal.SIGSTOP)
+    assert wait_until(lambda: _stopped(host_pid), 5)
+    raw.send(_wire.encode(_wire.Proceed()) + _wire.encode(_wire.Signal(signum=signal.SIGTERM)))
+    raw.sock.close()
+    # the agent applies its orphan policy: lingering, it lets go of our stderr first
+    assert wait_until(lambda: os.readlink(f"/proc/{raw.pid}/fd/2") == os.devnull, 5)
+    os.kill(host_pid, signal.SIGCONT)
+    raw.close()
+    assert raw.status == 0
+    assert not pid_alive(host_pid)
+    assert not marker.exists(), "the workload never got the SIGTERM sent before the close"
+
+
+@pytest.mark.parametrize("vfork", ["0", "1"])
+@pytest.mark.parametrize("parked", [False, True], ids=["auto_proceed", "proceed"])
+def test_kill_policy_ends_a_workload_whose_python_closed_at_once(
+    tmp_path: Path, vfork: str, parked: bool
+) -> None:
+    # the kill policy is unchanged by reading to EOF first: released, running or not, the
+    # workload is gone when the agent exits, and no signal sent before the close is needed
+    marker = tmp_path / "ran"
+    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    for _ in range(3):
+        raw = RawAgent(env=env)
+        request = _spawn(
+            argv=(b"/bin/sh", b"-c", _late_marker(marker)),
+            auto_proceed=0 if parked else 1,
+            orphan_grace_ms=100,
+        )
+        raw.send(request)
+        if parked:
+            host_pid = _until_ready(raw)
+            raw.send(_wire.encode(_wire.Proceed()) + _wire.encode(_wire.Signal(signum=0)))
+        raw.close()
+        assert raw.status == 0
+        if parked:
+            assert not pid_alive(host_pid)
+        time.sleep(0.4)
+        assert not marker.exists(), "an orphaned workload outlived the kill policy"
