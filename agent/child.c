@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -91,7 +92,17 @@ CHILD_CODE __attribute__((noinline)) static int already_in(const char *path)
 	for (long i = 0; i < n; i++)	/* n counts the NUL */
 		if (here[i] != path[i])
 			return 0;
-	return 1;
+	/* The same name may lead elsewhere now: a directory mounted over it since the
+	 * launcher started there, which is the one the caller asks for. Where the path can be
+	 * looked at (it needs search permission on its parents only), it must be this very
+	 * directory; where it cannot (EACCES on a parent), the name is all there is to go by.
+	 * AT_EMPTY_PATH: "." would need the search permission on it that we lack. */
+	struct stat cur, there;
+	if (fstatat(AT_FDCWD, "", &cur, AT_EMPTY_PATH) < 0)
+		return 0;
+	if (fstatat(AT_FDCWD, path, &there, 0) < 0)
+		return errno == EACCES;
+	return cur.st_dev == there.st_dev && cur.st_ino == there.st_ino;
 }
 
 /* A caller may be in a directory it could not enter now: a server that dropped root in

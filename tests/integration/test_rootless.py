@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -225,3 +226,50 @@ def test_a_directory_the_caller_cannot_enter_given_as_cwd_is_still_refused(
     assert done.returncode == 0, done.stderr
     results = json.loads(done.stdout.splitlines()[-1])
     assert results == [["chdir", errno.EACCES], ["chdir", errno.EACCES]], results
+
+
+def test_a_directory_mounted_over_the_launchers_is_not_taken_for_it(tmp_path: Path) -> None:
+    # The launcher started in `a`; another directory is then mounted over that path, and the
+    # caller moves into it. Its name is the launcher's, but it is not the directory the child
+    # is in: refused it (EACCES, a user namespace that cannot search it), the child must not
+    # run in the old directory under the new one's name.
+    old, new = tmp_path / "a", tmp_path / "new"
+    old.mkdir()
+    new.mkdir(mode=0o700)
+    (old / "OLD").touch()
+    (new / "NEW").touch()
+    os.chown(new, NOBODY, NOBODY)
+    done = run_python(
+        f"""
+        import ctypes, json, os, linx
+        libc = ctypes.CDLL(None, use_errno=True)
+        MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+        assert libc.unshare(0x00020000) == 0, ctypes.get_errno()
+        assert libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
+        os.chdir({str(old)!r})
+        assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=20) == linx.Exited(0)
+        assert libc.mount({str(new).encode()!r}, {str(old).encode()!r}, None, MS_BIND, None) == 0
+        os.chdir({str(old)!r})
+        results = []
+        for auto_proceed in (True, False):
+            r, w = os.pipe()
+            s = linx.spawn(["/bin/sh", "-c", "ls"], namespaces=["user"], stdio={{"stdout": w}},
+                           auto_proceed=auto_proceed)
+            os.close(w)
+            with s:
+                try:
+                    if not auto_proceed:
+                        assert isinstance(s.events.get(timeout=20), linx.Ready)
+                        s.proceed()
+                    outcome = repr(s.wait(timeout=20))
+                except linx.ProcessError as exc:
+                    outcome = [exc.stage, exc.errno]
+            with os.fdopen(r) as out:
+                results.append([out.read().strip(), outcome])
+        print(json.dumps(results))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    refused = ["", ["chdir", errno.EACCES]]
+    assert results == [refused, refused], results
