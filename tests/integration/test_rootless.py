@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from linx._launcher import agent_path
@@ -273,3 +274,39 @@ def test_a_directory_mounted_over_the_launchers_is_not_taken_for_it(tmp_path: Pa
     results = json.loads(done.stdout.splitlines()[-1])
     refused = ["", ["chdir", errno.EACCES]]
     assert results == [refused, refused], results
+
+
+def test_after_a_privilege_drop_a_private_directory_under_a_searchable_one_is_kept() -> None:
+    # As /root: its parent can be searched, so the path can be looked up and is compared
+    # with the child's directory itself (not only its name).
+    with tempfile.TemporaryDirectory(dir="/tmp") as parent:
+        os.chmod(parent, 0o755)
+        private = os.path.join(parent, "private")
+        os.mkdir(private, 0o700)
+        done = run_python(
+            f"""
+            import json, os, linx
+            os.chdir({private!r})
+            assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=20) == linx.Exited(0)
+            os.setgroups([])
+            os.setgid({NOBODY})
+            os.setuid({NOBODY})
+            results = []
+            for auto_proceed in (True, False):
+                r, w = os.pipe()
+                s = linx.spawn(["/bin/sh", "-c", "pwd -P"], stdio={{"stdout": w}},
+                               auto_proceed=auto_proceed)
+                os.close(w)
+                with s:
+                    if not auto_proceed:
+                        assert isinstance(s.events.get(timeout=20), linx.Ready)
+                        s.proceed()
+                    outcome = repr(s.wait(timeout=20))
+                with os.fdopen(r) as out:
+                    results.append([out.read().strip(), outcome])
+            print(json.dumps(results))
+            """
+        )
+        assert done.returncode == 0, done.stderr
+        results = json.loads(done.stdout.splitlines()[-1])
+        assert results == [[private, "Exited(code=0)"]] * 2, results
