@@ -119,9 +119,13 @@ def _id_map(option: str, lines: list[str]) -> list[tuple[int, int, int]]:
     entries = []
     for line in lines:
         parts = line.split(":")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
             _usage_error(f"{option} takes INSIDE:OUTSIDE:COUNT, not {line!r}")
-        entries.append((int(parts[0]), int(parts[1]), int(parts[2])))
+        try:
+            entries.append((int(parts[0]), int(parts[1]), int(parts[2])))
+        except ValueError:  # more digits than int() converts; far out of range anyway
+            _usage_error(f"{option} takes INSIDE:OUTSIDE:COUNT, not {line!r}")
     return entries
 
 

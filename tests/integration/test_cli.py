@@ -252,3 +252,11 @@ def test_run_refuses_a_bad_stop_grace_naming_it(bad: str) -> None:
     assert done.returncode == 2
     assert "--stop-grace" in done.stderr and repr(bad) in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("bad", ["²:0:1", "9" * 5000 + ":0:1"], ids=["superscript", "5000-digits"])
+def test_run_refuses_an_id_map_int_cannot_read_with_exit_2(bad: str) -> None:
+    # str.isdigit() takes "²", and int() refuses over 4300 digits: both were tracebacks
+    done = linx_cli("run", "--uid-map", bad, "--", "/bin/true")
+    assert done.returncode == 2, done.stderr
+    assert "--uid-map" in done.stderr and "Traceback" not in done.stderr
