@@ -165,13 +165,26 @@ def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
     PATH (execvp's default without one) when it has no slash; a relative result is taken
     from the workload's working directory. The library itself never searches."""
     if "/" not in command:
-        found = shutil.which(command, path=env.get("PATH", os.defpath))
+        dirs = env.get("PATH", os.defpath).split(os.pathsep)
+        if not all(os.path.isabs(d) for d in dirs):
+            # A relative entry ("" is ".") is the workload's directory's, as execvp would
+            # take it there, never ours.
+            base = _workload_directory(cwd)
+            dirs = [os.path.join(base, d) for d in dirs]
+        found = shutil.which(command, path=os.pathsep.join(dirs))
         if found is None:
             return None
         command = found
     # No normalising: "a/../b" is the kernel's to resolve, through any symlink "a" is.
     path = os.path.join(cwd or "", command)  # an absolute part wins
     return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def _workload_directory(cwd: str | None) -> str:
+    """The workload's working directory, absolute; ours is asked for only if needed."""
+    if cwd is not None and os.path.isabs(cwd):
+        return cwd
+    return os.path.join(os.getcwd(), cwd or "")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -260,3 +260,21 @@ def test_run_refuses_an_id_map_int_cannot_read_with_exit_2(bad: str) -> None:
     done = linx_cli("run", "--uid-map", bad, "--", "/bin/true")
     assert done.returncode == 2, done.stderr
     assert "--uid-map" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_searches_a_relative_path_entry_from_the_workloads_directory(
+    tmp_path: Path,
+) -> None:
+    # As `env -C DIR PATH=bin tool` does: execvp runs there, so "bin" is DIR/bin, not ours
+    workdir, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    for base, word in ((workdir, "right"), (elsewhere, "wrong")):
+        (base / "bin").mkdir(parents=True)
+        tool = base / "bin" / "tool"
+        tool.write_text(f"#!/bin/sh\necho {word}\n")
+        tool.chmod(0o755)
+    (tmp_path / "empty").mkdir()
+    for caller_dir in (tmp_path / "empty", elsewhere):
+        done = linx_cli(
+            "run", "--cwd", str(workdir), "--env", "PATH=bin", "--", "tool", cwd=str(caller_dir)
+        )
+        assert (done.returncode, done.stdout) == (0, "right\n"), (caller_dir, done.stderr)
