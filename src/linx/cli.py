@@ -217,11 +217,20 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = session.wait()
         except ProcessError as exc:
-            print(f"linx: {exc.describe()}", file=sys.stderr)
+            print(f"linx: {_subject(exc, command, args)}{exc.describe()}", file=sys.stderr)
             return EXIT_SETUP_FAILED
     if outcome == Signaled(signum=signal.SIGINT):
         _die_by_sigint()
     return _exit_status(outcome)
+
+
+def _subject(error: ProcessError, command: str, args: argparse.Namespace) -> str:
+    """What a failed stage was acting on, as `env` names it ("/x: "), or "": a bare
+    ENOENT does not say which path is missing (the command, its #! interpreter, the
+    --cwd)."""
+    subject = {"execve": command, "chdir": args.cwd, "sethostname": args.hostname}
+    named = subject.get(error.stage)
+    return "" if named is None else f"{named}: "
 
 
 def _usage_error(message: str) -> NoReturn:

@@ -278,3 +278,17 @@ def test_run_searches_a_relative_path_entry_from_the_workloads_directory(
             "run", "--cwd", str(workdir), "--env", "PATH=bin", "--", "tool", cwd=str(caller_dir)
         )
         assert (done.returncode, done.stdout) == (0, "right\n"), (caller_dir, done.stderr)
+
+
+def test_run_names_the_path_a_failed_execve_or_chdir_was_given(tmp_path: Path) -> None:
+    # A bare ENOENT does not say which path is missing: the command, its #! interpreter?
+    script = tmp_path / "script"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    done = linx_cli("run", "--", str(script))
+    assert done.returncode == 125, done.stderr
+    assert f"{script}: " in done.stderr and "execve" in done.stderr, done.stderr
+    missing = tmp_path / "missing"
+    done = linx_cli("run", "--cwd", str(missing), "--", "/bin/true")
+    assert done.returncode == 125, done.stderr
+    assert f"{missing}: " in done.stderr and "chdir" in done.stderr, done.stderr
