@@ -50,11 +50,12 @@ failing stage and errno are printed on stderr: a missing path fails at execve), 
 a command without a slash is not found in PATH, and 2 for a bad command line.
 
 Signals: Ctrl-C reaches the workload from the terminal (and if it dies of it, linx ends
-by SIGINT too, so that a shell stops the loop or script it was in). SIGTERM or SIGHUP
-sent to linx is passed on, and a workload still running --stop-grace seconds later (5 by
-default) is killed (SIGKILL). With "pid" the workload is its namespace's init, and the
-kernel drops every signal it has no handler for: Ctrl-C does nothing to a plain `sleep`,
-while `kill` on linx ends it after the grace.
+by SIGINT too, so that a shell stops the loop or script it was in); a SIGINT or SIGQUIT
+sent to linx with kill is passed on. SIGTERM or SIGHUP sent to linx is passed on, and a
+workload still running --stop-grace seconds later (5 by default) is killed (SIGKILL).
+With "pid" the workload is its namespace's init, and the kernel drops every signal it
+has no handler for: Ctrl-C does nothing to a plain `sleep`, while `kill` on linx ends
+it after the grace.
 """
 
 
@@ -252,23 +253,24 @@ def _exit_status(outcome: Event) -> int:
 
 class _SignalForwarder:
     """SIGTERM and SIGHUP sent to linx go on to the workload, and a SIGKILL follows `grace`
-    seconds after the first; the terminal sends SIGINT and SIGQUIT to the workload itself.
+    seconds after the first. SIGINT and SIGQUIT go on only when sent with kill(2): a
+    terminal sends its Ctrl-C and Ctrl-\\ to the workload itself (it is in the same
+    process group), and passing those on too would deliver them twice.
 
-    A thread of its own takes the two with `sigtimedwait`, never a signal handler: a
-    handler runs inside whatever the main thread was doing, the session's lock included,
-    and a second signal arriving in the first one's work (a terminal's hang-up sends two)
+    A thread of its own takes them with `sigtimedwait`, never a signal handler: a handler
+    runs inside whatever the main thread was doing, the session's lock included, and a
+    second signal arriving in the first one's work (a terminal's hang-up sends two)
     deadlocked there. Made before any thread exists (the first spawn starts linx's reactor
     thread), it blocks them in this thread, and so in every thread started after it, for
     that one to take.
     """
 
     SIGNALS = frozenset({signal.SIGTERM, signal.SIGHUP})
+    FROM_TERMINAL = frozenset({signal.SIGINT, signal.SIGQUIT})
 
     def __init__(self, grace: float) -> None:
         self._grace = grace
-        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        for signum in (signal.SIGINT, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS | self.FROM_TERMINAL)
 
     def start(self, session: Any) -> None:
         threading.Thread(
@@ -281,14 +283,17 @@ class _SignalForwarder:
         while True:
             left = WAIT_FOREVER if deadline is None else deadline - time.monotonic()
             wait = min(max(0.0, left), WAIT_FOREVER)  # a grace of years overflows time_t
-            received = signal.sigtimedwait(self.SIGNALS, wait)
-            if received is not None:
+            received = signal.sigtimedwait(self.SIGNALS | self.FROM_TERMINAL, wait)
+            if received is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    _send(session, signal.SIGKILL)
+                    deadline, killed = None, True
+            elif received.si_signo in self.SIGNALS:
                 _send(session, received.si_signo)
                 if deadline is None and not killed:
                     deadline = time.monotonic() + self._grace
-            elif deadline is not None and time.monotonic() >= deadline:
-                _send(session, signal.SIGKILL)
-                deadline, killed = None, True
+            elif received.si_code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL: sent, not typed
+                _send(session, received.si_signo)
 
 
 def _die_by_sigint() -> None:
@@ -298,7 +303,8 @@ def _die_by_sigint() -> None:
     sys.stderr.flush()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    os.kill(os.getpid(), signal.SIGINT)
+    # To this thread: sent to the process, the forwarder's sigtimedwait might take it.
+    signal.raise_signal(signal.SIGINT)
 
 
 def _send(session: Any, signum: int) -> None:

@@ -292,3 +292,40 @@ def test_run_names_the_path_a_failed_execve_or_chdir_was_given(tmp_path: Path) -
     done = linx_cli("run", "--cwd", str(missing), "--", "/bin/true")
     assert done.returncode == 125, done.stderr
     assert f"{missing}: " in done.stderr and "chdir" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGQUIT], ids=["INT", "QUIT"])
+def test_run_passes_on_a_sigint_or_sigquit_sent_with_kill(signum: int) -> None:
+    # A supervisor's or Popen.send_signal's SIGINT: no terminal sent it to the workload.
+    with running_cli("--", "/bin/sleep", "60") as proc:
+        proc.send_signal(signum)
+        expected = -signal.SIGINT if signum == signal.SIGINT else 128 + signal.SIGQUIT
+        assert proc.wait(timeout=10) == expected
+
+
+def test_run_leaves_a_terminals_ctrl_c_to_the_terminal(tmp_path: Path) -> None:
+    # The terminal sends Ctrl-C to its whole foreground process group, the workload
+    # included: linx must not pass on its own copy too (the workload would get two).
+    counted, armed = tmp_path / "count", tmp_path / "armed"
+    workload = f"trap 'echo INT >> {counted}' INT; touch {armed}; while :; do sleep 0.05; done"
+    master, slave = os.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    argv = [sys.executable, "-m", "linx", "run", "--", "/bin/sh", "-c", workload]
+    # setsid --ctty: linx leads a session whose controlling terminal is the pty
+    proc = subprocess.Popen(
+        ["setsid", "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    try:
+        assert wait_until(armed.exists)
+        os.write(master, b"\x03")
+        assert wait_until(counted.exists)
+        time.sleep(0.5)  # time for a second copy, were one passed on
+        assert counted.read_text().split() == ["INT"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
