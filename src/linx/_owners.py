@@ -7,6 +7,7 @@ one that raises `SystemExit`) is logged, never allowed to stop the reactor.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sys
@@ -43,10 +44,31 @@ def make_deliver(owner: Any) -> Deliver:
         return _asyncio_queue_deliver(owner)
     put = getattr(owner, "put", None)
     if callable(put):
+        _refuse_coroutine_function(owner, put)
         return put  # type: ignore[no-any-return]
     if callable(owner):
+        _refuse_coroutine_function(owner, owner)
+        _refuse_coroutine_function(owner, type(owner).__call__)  # async def __call__
         return owner  # type: ignore[no-any-return]
     raise TypeError(f"owner must have a put() method or be callable, not {owner!r}")
+
+
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE: inspect is not imported for it (import time)
+
+
+def _refuse_coroutine_function(owner: Any, function: Any) -> None:
+    """Raise `TypeError` if `function` (the owner, its `put` or its `__call__`) is an
+    `async def`: called in the reactor thread it would only make a coroutine that nobody
+    awaits, so every event would be lost, with at most a "never awaited" warning."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    code = getattr(getattr(function, "__func__", function), "__code__", None)
+    if code is not None and code.co_flags & _CO_COROUTINE:
+        raise TypeError(
+            f"owner {owner!r} is a coroutine function: linx calls owners in its reactor "
+            "thread, where nothing would await it; give an asyncio.Queue, or a plain "
+            "function (one that calls loop.call_soon_threadsafe, say)"
+        )
 
 
 def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
