@@ -14,7 +14,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, SupportsIndex, TypeVar
 
 from . import _options
 from . import session as _sync
@@ -112,6 +112,15 @@ class Session:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    def __copy__(self) -> Session:
+        return self  # a handle, as `linx.Session`: a copy is the same session
+
+    def __deepcopy__(self, memo: object) -> Session:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("a linx.aio.Session cannot be pickled: it is a handle on a live process")
 
     def __repr__(self) -> str:
         core = getattr(self, "_core", None)  # None: its spawn failed before binding it

@@ -23,7 +23,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn, SupportsIndex
 
 from . import _options
 from ._channel import Channel
@@ -272,6 +272,17 @@ class Session:
                 channel.abandon()
             except Exception:  # interpreter shutdown: the reactor may be gone
                 pass
+
+    def __copy__(self) -> Session:
+        # A handle, not a value: a copy sharing the channel would, once dropped, apply the
+        # orphan policy (`__del__`) to the workload the original still drives.
+        return self
+
+    def __deepcopy__(self, memo: object) -> Session:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError("a linx.Session cannot be pickled: it is a handle on a live process")
 
     def __repr__(self) -> str:
         channel = getattr(self, "_channel", None)

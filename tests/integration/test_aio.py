@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import functools
 import itertools
+import pickle
 import subprocess
 import sys
 import time
@@ -276,3 +279,60 @@ def test_sessions_are_made_by_spawn_only() -> None:
         linx.Session()
     with pytest.raises(TypeError, match=r"linx\.aio\.spawn\(\)"):
         linx.aio.Session(None)
+
+
+class _AsyncCall:
+    async def __call__(self, event: linx.Event) -> None: ...
+
+
+class _AsyncPut:
+    async def put(self, event: linx.Event) -> None: ...
+
+
+async def _async_owner(event: linx.Event) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [_async_owner, functools.partial(_async_owner), _AsyncCall(), _AsyncPut()],
+    ids=["function", "partial", "async-call", "async-put"],
+)
+def test_a_coroutine_function_owner_is_refused_not_silently_never_awaited(owner: object) -> None:
+    # Called in the reactor thread it only made a coroutine nobody awaited: every event lost,
+    # at most a "never awaited" RuntimeWarning.
+    async def main() -> None:
+        with pytest.raises(TypeError, match="coroutine function"):
+            await linx.aio.spawn(["/bin/true"], auto_proceed=True, owner=owner)  # type: ignore[arg-type]
+        async with await linx.aio.spawn(["/bin/sleep", "30"]) as session:
+            with pytest.raises(TypeError, match="coroutine function"):
+                session.set_owner(owner)  # type: ignore[arg-type]
+            assert session.owner is session.events
+
+    with pytest.raises(TypeError, match="coroutine function"):
+        linx.spawn(["/bin/true"], auto_proceed=True, owner=owner)  # type: ignore[arg-type]
+    asyncio.run(main())
+
+
+def test_a_copied_session_is_the_same_handle_and_pickling_one_is_refused() -> None:
+    # A shallow copy of a linx.Session shared its channel: dropped, it closed the original's
+    # session (the orphan policy, no outcome). A deep copy of an aio one dragged in the loop.
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True) as session:
+            host_pid = await _running(session)
+            assert copy.copy(session) is session and copy.deepcopy(session) is session
+            with pytest.raises(TypeError, match="pickled"):
+                pickle.dumps(session)
+            assert session.info().stage == linx.Stage.RUNNING and pid_alive(host_pid)
+
+    asyncio.run(main())
+    with linx.spawn(["/bin/sleep", "30"], auto_proceed=True) as session:
+        assert session.events is not None
+        assert isinstance(session.events.get(timeout=10), linx.Ready)
+        copied = copy.copy(session)
+        assert copied is session and copy.deepcopy([session])[0] is session
+        del copied
+        with pytest.raises(TypeError, match="pickled"):
+            pickle.dumps(session)
+        time.sleep(0.2)  # the orphan policy a dropped copy set off took the reactor a round
+        session.info()  # NoProcess: closed by its copy's __del__
+        assert session.host_pid is not None and pid_alive(session.host_pid)
