@@ -59,13 +59,26 @@ def no_more_events(session: linx.Session, within: float = 0.3) -> bool:
     return False
 
 
+# The agent's two ways to clone an auto_proceed child, by the LINX_AGENT_NO_VFORK they take.
+SPAWN_PATHS = {"vfork": "0", "fork": "1"}
+
+
+def spawn_path_env(path: str) -> dict[str, str]:
+    """The environment variable that makes an agent clone on `path` (of SPAWN_PATHS)."""
+    return {"LINX_AGENT_NO_VFORK": SPAWN_PATHS[path]}
+
+
+def process_state(pid: int) -> str:
+    """The state letter of `pid` in /proc (R, S, T, Z...); raises if it is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 def pid_alive(pid: int) -> bool:
     """True while `pid` exists and is not a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return process_state(pid) != "Z"
     except (FileNotFoundError, ProcessLookupError):
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def child_pids(pid: int) -> list[int]:

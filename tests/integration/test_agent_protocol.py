@@ -22,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from linx import _launcher, _wire
-from tests.conftest import child_pids, pid_alive, run_python, wait_until
+from tests.conftest import (
+    SPAWN_PATHS,
+    child_pids,
+    pid_alive,
+    process_state,
+    run_python,
+    spawn_path_env,
+    wait_until,
+)
 
 
 class RawAgent:
@@ -307,16 +315,16 @@ def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     assert result.stdout.strip() == "Signaled(signum=9)"
 
 
-@pytest.mark.parametrize("vfork", ["0", "1"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_linger_keeps_a_released_workload_whose_exec_is_not_in_yet(
-    tmp_path: Path, vfork: str
+    tmp_path: Path, path: str
 ) -> None:
     # auto_proceed, then EOF at once (a program that spawns with linger and ends): the EOF
     # is in the socket before the agent learns the exec outcome. On the fork-style path the
     # child is released already (committed: an ABORT gets EBUSY); linger must keep it, as it
     # keeps one that the vfork path saw exec.
     marker = tmp_path / "ran"
-    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    env = spawn_path_env(path)
     for _ in range(3):
         raw = RawAgent(env=env)
         raw.send(
@@ -348,18 +356,17 @@ def _until_ready(raw: RawAgent) -> int:
 
 
 def _stopped(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] in "Tt"
+    return process_state(pid) in "Tt"
 
 
-@pytest.mark.parametrize("vfork", ["0", "1"])
-def test_linger_acts_on_a_signal_sent_right_before_the_close(tmp_path: Path, vfork: str) -> None:
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_linger_acts_on_a_signal_sent_right_before_the_close(tmp_path: Path, path: str) -> None:
     # SPAWN (auto_proceed, linger), SIGNAL(9), close at once, unread frames and all: the
     # agent's write of SPAWNED/READY/RUNNING may fail (EPIPE) before it has read the SIGNAL,
     # and its EOF may come before the exec outcome. The SIGNAL was sent while Python was
     # there: it is acted on (at RUNNING) before the orphan policy keeps what is left.
     marker = tmp_path / "ran"
-    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    env = spawn_path_env(path)
     for _ in range(5):
         raw = RawAgent(env=env)
         raw.send(
@@ -371,15 +378,15 @@ def test_linger_acts_on_a_signal_sent_right_before_the_close(tmp_path: Path, vfo
         assert not marker.exists(), "the SIGNAL sent before the close was lost"
 
 
-@pytest.mark.parametrize("vfork", ["0", "1"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_linger_delivers_signals_buffered_for_running_after_the_close(
-    tmp_path: Path, vfork: str
+    tmp_path: Path, path: str
 ) -> None:
     # A parked child, PROCEED and SIGNAL(SIGTERM), then close. The child is stopped while
     # parked, so the exec outcome cannot be in before the agent's EOF: linger keeps the
     # released child, and the SIGTERM buffered for RUNNING is still sent once it runs.
     marker = tmp_path / "ran"
-    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    env = spawn_path_env(path)
     raw = RawAgent(env=env)
     raw.send(_spawn(argv=(b"/bin/sh", b"-c", _late_marker(marker)), orphan_linger=1))
     host_pid = _until_ready(raw)
@@ -396,15 +403,15 @@ def test_linger_delivers_signals_buffered_for_running_after_the_close(
     assert not marker.exists(), "the workload never got the SIGTERM sent before the close"
 
 
-@pytest.mark.parametrize("vfork", ["0", "1"])
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize("parked", [False, True], ids=["auto_proceed", "proceed"])
 def test_kill_policy_ends_a_workload_whose_python_closed_at_once(
-    tmp_path: Path, vfork: str, parked: bool
+    tmp_path: Path, path: str, parked: bool
 ) -> None:
     # the kill policy is unchanged by reading to EOF first: released, running or not, the
     # workload is gone when the agent exits, and no signal sent before the close is needed
     marker = tmp_path / "ran"
-    env = {} if vfork == "1" else {"LINX_AGENT_NO_VFORK": "1"}
+    env = spawn_path_env(path)
     for _ in range(3):
         raw = RawAgent(env=env)
         request = _spawn(

@@ -24,6 +24,7 @@ from tests.conftest import (
     expect,
     no_more_events,
     pid_alive,
+    process_state,
     run_python,
     wait_until,
 )
@@ -393,10 +394,6 @@ def test_a_request_beyond_the_64_mib_cap_fails_with_request_too_big(
     assert no_more_events(session)
 
 
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def _release_byte_waiting(pid: int) -> bool:
     """Whether the parked child `pid` has its release byte waiting, unread, in its release
     pipe: the only pipe read end it holds above fd 2."""
@@ -430,7 +427,7 @@ def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running
     session = session_factory(["/bin/sleep", "30"])
     ready = expect(session, linx.Ready)
     os.kill(ready.host_pid, signal.SIGSTOP)
-    assert wait_until(lambda: _state(ready.host_pid) == "T")
+    assert wait_until(lambda: process_state(ready.host_pid) == "T")
     session.proceed()
     assert wait_until(lambda: _release_byte_waiting(ready.host_pid))
     os.kill(ready.host_pid, signal.SIGKILL)

@@ -22,7 +22,7 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import drain, expect, pid_alive, run_python, wait_until
+from tests.conftest import drain, expect, pid_alive, process_state, run_python, wait_until
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -95,14 +95,10 @@ def _fd_targets(pid: int) -> dict[int, str]:
     return fds
 
 
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def _settled(pid: int) -> None:
     """Wait until a just-exec'd workload blocks (in its sleep): its dynamic loader, which
     briefly holds libc.so open on fd 3, is done by then."""
-    assert wait_until(lambda: _state(pid) == "S", timeout=5), _state(pid)
+    assert wait_until(lambda: process_state(pid) == "S", timeout=5), process_state(pid)
 
 
 def _ppid(pid: int) -> int:

@@ -19,15 +19,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, pid_alive, wait_until
-from tests.integration.test_vfork_path import PATHS, _env
+from linx import _launcher
+from tests.conftest import SPAWN_PATHS, pid_alive, run_python, spawn_path_env, wait_until
 
 # One auto_proceed spawn of a workload that would leave its pid in MARKER; prints what
 # Python saw. stdio "devnull": the child's only pipes are the report and release pipes.
@@ -73,21 +71,18 @@ def killed_afterwards(marker: Path, *pids: int) -> Iterator[None]:
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_child_whose_agent_died_before_its_death_signal_never_runs_the_workload(
     path: str, kill_agent_at_pdeathsig: Path, tmp_path: Path
 ) -> None:
     marker, record = tmp_path / "workload-ran", tmp_path / "record"
-    env = _env(PATHS[path])
-    env["LINX_REAL_AGENT"] = env.get("LINX_AGENT") or str(
-        ROOT / "src" / "linx" / "_bin" / "linx-agent"
-    )
-    env["LINX_AGENT"] = str(kill_agent_at_pdeathsig)
-    env["LINX_PDEATHSIG_RECORD"] = str(record)
-    code = f"MARKER = {str(marker)!r}\n" + textwrap.dedent(SCENARIO)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-    )
+    env = {
+        **spawn_path_env(path),
+        "LINX_REAL_AGENT": _launcher.agent_path(),
+        "LINX_AGENT": str(kill_agent_at_pdeathsig),
+        "LINX_PDEATHSIG_RECORD": str(record),
+    }
+    done = run_python(f"MARKER = {str(marker)!r}\n" + SCENARIO, env=env)
     assert done.returncode == 0, done.stderr
     # "<child> <agent> <child's parent once the agent was gone> <supervisor>"
     assert wait_until(record.exists), done.stdout

@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import NOBODY, ROOT
+from linx import _launcher
+from tests.conftest import NOBODY, ROOT, SPAWN_PATHS, run_python, spawn_path_env
 from tests.integration.test_lifecycle import stalled_listener
-
-PATHS = {"vfork": "0", "fork": "1"}  # LINX_AGENT_NO_VFORK for each path
 
 # The workload reports what it sees, then holds until its stdin closes, so that the host
 # can look at it in /proc while it runs.
@@ -79,8 +78,10 @@ session.close()
 """
 
 
-def _env(no_vfork: str) -> dict[str, str]:
-    env = {**os.environ, "LINX_AGENT_NO_VFORK": no_vfork}
+def python_env(path: str) -> dict[str, str]:
+    """The environment of a fresh interpreter importing this checkout's linx, its agent
+    cloning on `path` (of SPAWN_PATHS)."""
+    env = {**os.environ, **spawn_path_env(path)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     return env
 
@@ -92,7 +93,7 @@ def run_scenario(path: str, options: dict[str, object], user: int | None = None)
         capture_output=True,
         text=True,
         timeout=60,
-        env=_env(PATHS[path]),
+        env=python_env(path),
         user=user,
         group=user,
         extra_groups=[] if user is not None else None,
@@ -103,7 +104,7 @@ def run_scenario(path: str, options: dict[str, object], user: int | None = None)
     return result
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_self_map_makes_the_workload_root_inside_and_itself_outside(path: str) -> None:
     uid, gid = os.geteuid(), os.getegid()
     result = run_scenario(
@@ -127,7 +128,7 @@ def test_self_map_makes_the_workload_root_inside_and_itself_outside(path: str) -
     }
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_unprivileged_self_map(path: str, nobody_python: None) -> None:
     result = run_scenario(
         path,
@@ -147,7 +148,7 @@ def test_unprivileged_self_map(path: str, nobody_python: None) -> None:
     assert (host["uid_map"], host["uid"], host["gid"]) == (["0", str(NOBODY), "1"], NOBODY, NOBODY)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_map_the_child_cannot_write_itself_still_works(path: str) -> None:
     result = run_scenario(
         path, {"argv": REPORT_AND_HOLD, "namespaces": ["user"], "uid_map": [[0, 1000, 1]]}
@@ -157,7 +158,7 @@ def test_a_map_the_child_cannot_write_itself_still_works(path: str) -> None:
     assert result["host"]["uid_map"] == ["0", "1000", "1"]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_pid_namespace_child_is_pid_one(path: str) -> None:
     result = run_scenario(path, {"argv": REPORT_AND_HOLD, "namespaces": ["pid", "mount"]})
     assert result["events"] == ["Ready", "Running", "Exited"]
@@ -165,7 +166,7 @@ def test_pid_namespace_child_is_pid_one(path: str) -> None:
     assert result["out"][2] == "1"  # $$
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 @pytest.mark.parametrize(
     ("options", "stage"),
     [
@@ -191,7 +192,7 @@ def test_pre_exec_failure_is_an_error_and_never_running(
     assert result["failed"] == [stage, errno.ENOENT]
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_map_the_kernel_refuses_fails_at_its_stage(path: str) -> None:
     # Mapping host uid 0 needs CAP_SETFCAP (user_namespaces(7)), whether the child writes
     # its own map or the agent writes it from outside.
@@ -214,7 +215,7 @@ print(json.dumps([[type(e).__name__, getattr(e, "signum", None)] for e in events
 """
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", SPAWN_PATHS)
 def test_a_signal_sent_before_the_clone_is_delivered_after_running(path: str) -> None:
     # The agent is held in its host-side connect, before the clone, while the signal goes.
     with stalled_listener() as stall:
@@ -224,7 +225,7 @@ def test_a_signal_sent_before_the_clone_is_delivered_after_running(path: str) ->
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env=_env(PATHS[path]),
+            env=python_env(path),
             cwd="/",
         ) as proc:
             assert proc.stdin is not None and proc.stdout is not None
@@ -254,9 +255,9 @@ SELF_MAPS = {
 }
 
 
-def _run_traced(strace: list[str], no_vfork: str, code: str) -> subprocess.CompletedProcess[str]:
+def _run_traced(strace: list[str], path: str, code: str) -> subprocess.CompletedProcess[str]:
     """`code` in a fresh interpreter under `strace` (which follows its every process)."""
-    env = _env(no_vfork)
+    env = python_env(path)
     # LeakSanitizer cannot run under ptrace; the other sanitizers can
     env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":detect_leaks=0"
     return subprocess.run(
@@ -270,15 +271,15 @@ def _run_traced(strace: list[str], no_vfork: str, code: str) -> subprocess.Compl
 
 
 @pytest.mark.parametrize(
-    ("options", "no_vfork", "vforked"),
+    ("options", "path", "vforked"),
     [
-        ({"auto_proceed": True}, "0", True),
-        ({"auto_proceed": True, **SELF_MAPS}, "0", True),
-        ({"auto_proceed": True, **SELF_MAPS}, "1", False),
-        ({**SELF_MAPS}, "0", False),
-        ({"auto_proceed": True, **SELF_MAPS, "uid_map": [(0, 1000, 1)]}, "0", False),
-        ({"auto_proceed": True, **SELF_MAPS, "setgroups": "allow"}, "0", False),
-        ({"auto_proceed": True, "namespaces": ["time", "cgroup"]}, "0", True),
+        ({"auto_proceed": True}, "vfork", True),
+        ({"auto_proceed": True, **SELF_MAPS}, "vfork", True),
+        ({"auto_proceed": True, **SELF_MAPS}, "fork", False),
+        ({**SELF_MAPS}, "vfork", False),
+        ({"auto_proceed": True, **SELF_MAPS, "uid_map": [(0, 1000, 1)]}, "vfork", False),
+        ({"auto_proceed": True, **SELF_MAPS, "setgroups": "allow"}, "vfork", False),
+        ({"auto_proceed": True, "namespaces": ["time", "cgroup"]}, "vfork", True),
     ],
     ids=[
         "plain",
@@ -291,11 +292,11 @@ def _run_traced(strace: list[str], no_vfork: str, code: str) -> subprocess.Compl
     ],
 )
 def test_the_agent_vforks_exactly_when_it_should(
-    options: dict[str, object], no_vfork: str, vforked: bool, tmp_path: Path
+    options: dict[str, object], path: str, vforked: bool, tmp_path: Path
 ) -> None:
     trace = tmp_path / "trace"
     code = f"OPTIONS = {options!r}\n" + textwrap.dedent(STRACED)
-    done = _run_traced([*STRACE_CLONES, "-o", str(trace)], no_vfork, code)
+    done = _run_traced([*STRACE_CLONES, "-o", str(trace)], path, code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Exited(code=0)"
     with open(trace) as f:
@@ -349,15 +350,12 @@ def kill_at_execve(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_child_killed_on_its_way_into_execve_never_reports_running(
     path: str, auto: bool, kill_at_execve: Path
 ) -> None:
-    env = _env(PATHS[path])
-    env["LINX_REAL_AGENT"] = env.get("LINX_AGENT") or str(
-        ROOT / "src" / "linx" / "_bin" / "linx-agent"
-    )
-    env["LINX_AGENT"] = str(kill_at_execve)
-    code = f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC)
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
-    )
+    env = {
+        **spawn_path_env(path),
+        "LINX_REAL_AGENT": _launcher.agent_path(),
+        "LINX_AGENT": str(kill_at_execve),
+    }
+    done = run_python(f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC), env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
         json.dumps([["Ready", None], ["Failed", "exec_outcome"]]): 40
