@@ -186,8 +186,7 @@ class Channel:
                 return
         # Weakly: once the outcome has come and gone, the timer must not keep the channel
         # (and a close in an owner is cheap enough to come by the thousand).
-        ref = weakref.ref(self)
-        self._reactor.call_later(timeout, lambda: _release_if_alive(ref))
+        self._reactor.call_later(timeout, _while_alive(self, Channel._release))
 
     def abandon(self) -> None:
         """The session object was dropped: its orphan policy acts (see `_abandoned`).
@@ -243,8 +242,8 @@ class Channel:
             return
         self._queue(_wire.Signal(signum=signal.SIGTERM))
         self._queue(_wire.Signal(signum=signal.SIGCONT))
-        ref = weakref.ref(self)  # an outcome before the grace ends frees the channel at once
-        self._reactor.call_later(self._orphan_grace, lambda: _kill_if_alive(ref))
+        # weakly: an outcome before the grace ends frees the channel at once
+        self._reactor.call_later(self._orphan_grace, _while_alive(self, Channel._orphan_kill))
 
     def _orphan_kill(self) -> None:
         with self._lock:
@@ -410,13 +409,14 @@ class Channel:
             sock.close()
 
 
-def _release_if_alive(ref: weakref.ref[Channel]) -> None:
-    channel = ref()
-    if channel is not None:
-        channel._release()
+def _while_alive(channel: Channel, method: Callable[[Channel], None]) -> Callable[[], None]:
+    """`method(channel)` for a timer, which holds `channel` weakly: a channel whose outcome
+    came meanwhile is freed at once, and the call does nothing."""
+    ref = weakref.ref(channel)
 
+    def call() -> None:
+        alive = ref()
+        if alive is not None:
+            method(alive)
 
-def _kill_if_alive(ref: weakref.ref[Channel]) -> None:
-    channel = ref()
-    if channel is not None:
-        channel._orphan_kill()
+    return call

@@ -177,8 +177,7 @@ def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
             return None
         command = found
     # No normalising: "a/../b" is the kernel's to resolve, through any symlink "a" is.
-    path = os.path.join(cwd or "", command)  # an absolute part wins
-    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    return command if os.path.isabs(command) else os.path.join(_workload_directory(cwd), command)
 
 
 def _workload_directory(cwd: str | None) -> str:
