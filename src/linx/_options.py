@@ -15,6 +15,8 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
+from operator import itemgetter
 from typing import Any, TypeAlias, TypeGuard
 
 from . import _fds, _wire
@@ -334,17 +336,23 @@ def _id_map(name: str, entries: object) -> bytes:
     if isinstance(entries, str | bytes) or not isinstance(entries, Iterable):
         raise TypeError(f"{name} must be a list of (inside, outside, count), not {entries!r}")
     lines = []
+    extents: list[tuple[int, int, int]] = []
     for entry in entries:
         if not isinstance(entry, tuple | list) or len(entry) != 3:
             raise TypeError(f"{name}: each entry must be (inside, outside, count), not {entry!r}")
         inside, outside, count = (_id(f"{name} entry {entry!r}", v) for v in entry)
         if count < 1:
             raise ValueError(f"{name}: count must be at least 1 in {entry!r}")
+        if max(inside, outside) + count > MAX_ID + 1:
+            raise ValueError(f"{name}: {entry!r} runs past the last id, {MAX_ID}")
+        extents.append((inside, outside, count))
         lines.append(f"{inside} {outside} {count}\n")
     if not lines:
         raise ValueError(f"{name} must not be empty, got {entries!r}")
     if len(lines) > 340:
         raise ValueError(f"{name} has {len(lines)} entries; the kernel allows 340")
+    _no_overlap(name, extents, inside=True)
+    _no_overlap(name, extents, inside=False)
     text = "".join(lines).encode()
     if len(text) >= ID_MAP_MAX_BYTES:
         raise ValueError(
@@ -352,6 +360,17 @@ def _id_map(name: str, entries: object) -> bytes:
             f"takes under {ID_MAP_MAX_BYTES}"
         )
     return text
+
+
+def _no_overlap(name: str, extents: list[tuple[int, int, int]], *, inside: bool) -> None:
+    """The kernel refuses a map whose ranges overlap on either side with EINVAL, and only
+    once the process exists: say which two entries, before it does."""
+    side = 0 if inside else 1
+    ordered = sorted(extents, key=itemgetter(side))
+    for earlier, later in pairwise(ordered):
+        if earlier[side] + earlier[2] > later[side]:
+            where = "inside" if inside else "outside"
+            raise ValueError(f"{name}: {earlier!r} and {later!r} overlap {where}")
 
 
 def _groups(groups: object) -> bytes:

@@ -381,9 +381,11 @@ def spawn(
       the default is 5 s) or "linger" (it runs on). A parked child is always discarded.
     - `hostname`: set in the new UTS namespace (needs "uts").
     - `uid_map`/`gid_map`: `(inside, outside, count)` lines, written before `Ready`
-      (need "user"). `setgroups`: "deny" or "allow", written before the gid map; given
-      explicitly, written for every new user namespace, gid map or not (for one written
-      at the checkpoint). The default, "deny", is written only with a `gid_map`.
+      (need "user"); at most 340, no two sharing an id on either side, as the kernel
+      requires (refused here, before any process). `setgroups`: "deny" or "allow",
+      written before the gid map; given explicitly, written for every new user
+      namespace, gid map or not (for one written at the checkpoint). The default,
+      "deny", is written only with a `gid_map`.
     - `uid`/`gid`/`groups`: the workload's ids, as seen inside its user namespace, set in
       the child before `execve`. A `uid` or `gid` without `groups` clears the
       supplementary groups where it may.

@@ -184,6 +184,28 @@ def test_a_user_namespace_maps_root_inside_to_uid_1000_outside(
 
 
 @pytest.mark.parametrize(
+    "uid_map",
+    [
+        [(0, 1000, 10), (10, 2000, 5), (15, 1010, 1)],  # ranges that touch on both sides
+        [(0, 0, 2**32 - 2)],  # the longest range there is (the host's own map is one more)
+        [(1, 0, 2**32 - 2)],  # ending on the last id inside
+    ],
+    ids=["touching-ranges", "longest-range", "ending-on-the-last-id"],
+)
+def test_maps_at_the_edge_of_what_the_kernel_takes_are_written_as_given(
+    session_factory: Factory, uid_map: list[tuple[int, int, int]]
+) -> None:
+    # The Python check refuses overlaps and ranges past the last id before any process; it
+    # must not refuse what the kernel itself accepts.
+    session = session_factory(["/bin/true"], namespaces=["user"], uid_map=uid_map)
+    ready = expect(session, linx.Ready)
+    lines = Path(f"/proc/{ready.host_pid}/uid_map").read_text().splitlines()
+    assert sorted(tuple(map(int, line.split())) for line in lines) == sorted(uid_map)
+    session.proceed()
+    assert session.wait(10) == linx.Exited(0)
+
+
+@pytest.mark.parametrize(
     ("options", "expected"),
     [
         ({}, "allow"),

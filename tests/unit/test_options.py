@@ -118,3 +118,39 @@ def test_a_copy_of_the_default_setgroups_is_still_the_default(how: str) -> None:
     assert plan.request.setgroups is None
     plan = _options.plan_spawn(["/bin/true"], namespaces=["user"], setgroups="deny")
     assert plan.request.setgroups == b"deny"
+
+
+# The kernel's rules for an id map (user_namespaces(7)): each range lies within the 32-bit
+# ids, and no two ranges share an id inside, nor one outside. A map of at most 340 lines.
+extent = st.tuples(
+    st.integers(0, _options.MAX_ID), st.integers(0, _options.MAX_ID), st.integers(1, 2**32)
+)
+small_extent = st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 12))
+
+
+def kernel_takes(extents: list[tuple[int, int, int]]) -> bool:
+    def ids(start: int, count: int) -> range:
+        return range(start, start + count)
+
+    if any(max(a, b) + n > _options.MAX_ID + 1 for a, b, n in extents):
+        return False
+    for i, (a, b, n) in enumerate(extents):
+        for c, d, m in extents[:i]:
+            for mine, theirs in ((ids(a, n), ids(c, m)), (ids(b, n), ids(d, m))):
+                if mine.start < theirs.stop and theirs.start < mine.stop:
+                    return False
+    return True
+
+
+@given(st.lists(small_extent | extent, min_size=1, max_size=8))
+def test_an_id_map_is_refused_exactly_where_the_kernel_would_refuse_it(
+    extents: list[tuple[int, int, int]],
+) -> None:
+    try:
+        text = _options._id_map("uid_map", extents)
+    except ValueError as exc:
+        assert not kernel_takes(extents), f"refused a map the kernel takes: {exc}"
+        assert "uid_map" in str(exc)
+    else:
+        assert kernel_takes(extents), f"took a map the kernel refuses: {extents}"
+        assert text.decode().splitlines() == [f"{a} {b} {n}" for a, b, n in extents]
