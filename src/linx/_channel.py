@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _wire
-from ._owners import Deliver, deliver_all
+from ._owners import Deliver, deliver_guarded
 from ._reactor import Reactor
 from ._settled import Settled
 from ._state import Info, SessionState, exit_reason
@@ -381,7 +381,6 @@ class Channel:
     def _emit(self, step: Callable[[SessionState], list[Event]]) -> None:
         with self._lock:
             events = step(self.state)
-            deliver = self._deliver
             result = self.state.result if events and self.state.terminal else None
             if result is not None:
                 self.exit_reason = exit_reason(result)
@@ -395,7 +394,11 @@ class Channel:
             if result is not None:
                 self.on_terminal()
             return
-        deliver_all(deliver, events)
+        # The owner is looked up again for each event: one that calls set_owner() on
+        # Ready has the Running and the outcome that came in the same read go to the new
+        # owner (a plain read; set_deliver's write of it is one store as well).
+        for event in events:
+            deliver_guarded(self._deliver, event)
         if result is not None:
             self.outcome.set(result)
             self.on_terminal()

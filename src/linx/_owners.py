@@ -92,11 +92,11 @@ def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
     return deliver
 
 
-def deliver_all(deliver: Deliver, events: list[Event]) -> None:
-    for event in events:
-        try:
-            deliver(event)
-        except BaseException:
-            # BaseException too: a SystemExit raised in an owner (sys.exit() in a callback)
-            # would otherwise end the reactor thread quietly, and every session with it.
-            log.exception("linx: the owner failed to take %r", event)
+def deliver_guarded(deliver: Deliver, event: Event) -> None:
+    """`deliver(event)`, logging what the owner raises instead of passing it on."""
+    try:
+        deliver(event)
+    except BaseException:
+        # BaseException too: a SystemExit raised in an owner (sys.exit() in a callback)
+        # would otherwise end the reactor thread quietly, and every session with it.
+        log.exception("linx: the owner failed to take %r", event)

@@ -771,6 +771,30 @@ def test_set_owner_redirects_events_from_then_on(session_factory: Factory) -> No
         old.get(timeout=0.3)
 
 
+def test_set_owner_in_an_owner_redirects_the_rest_of_the_same_read(
+    session_factory: Factory,
+) -> None:
+    # With auto_proceed, Ready and Running nearly always arrive in one read of the agent's
+    # socket; an owner switching on Ready must not get the Running that came with it.
+    for _ in range(20):
+        old: list[linx.Event] = []
+        new: queue.Queue[linx.Event] = queue.Queue()
+
+        def owner(
+            event: linx.Event, old: list[linx.Event] = old, new: queue.Queue[linx.Event] = new
+        ) -> None:
+            old.append(event)
+            if isinstance(event, linx.Ready):
+                assert event.session is not None
+                event.session.set_owner(new)
+
+        session = session_factory(["/bin/true"], owner=owner, auto_proceed=True)
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+        assert [type(e) for e in old] == [linx.Ready]
+        assert isinstance(new.get(timeout=10), linx.Running)
+        assert new.get(timeout=10) == linx.Exited(code=0)
+
+
 def test_close_on_a_running_session_kills_it_and_returns_after_reaping(
     session_factory: Factory,
 ) -> None:
