@@ -198,9 +198,13 @@ class Session:
     def signal(self, signum: int) -> None:
         """Send `signum` to the workload (through a pidfd: a reused pid is never hit).
 
-        Before `Running` signals are buffered and delivered in order at `Running`, right
-        after `execve`: before the workload can have set a handler for any of them.
-        Raises `NoProcess` once the session has ended.
+        Signals that reach the agent before the workload has exec'd are buffered and
+        delivered in order once it has (`Running`). That is after `execve` returned, so
+        the workload may have started, and set a handler for one, by then. Once the
+        child is released (`proceed()`, `auto_proceed`), the agent may already be past
+        `Running` when a signal reaches it, though this process has not seen `Running`
+        yet; such a signal is delivered at once. Raises `NoProcess` once the session has
+        ended.
         """
         number = _options.validate_signal(signum)
         self._channel.send(lambda state: state.signal(number))
