@@ -88,7 +88,8 @@ class NotReady(SessionError):
 
 
 class NoProcess(SessionError):
-    """The session has ended (terminal outcome recorded) or was closed."""
+    """The session has ended (terminal outcome recorded), was closed, or (for `proceed()`)
+    is being aborted."""
 
 
 class AlreadyRunning(SessionError):

@@ -183,7 +183,7 @@ class Session:
         """Release the child from the checkpoint: it runs its pre-exec steps and `execve`s.
 
         Raises `NotReady` before `Ready`, `AlreadyRunning` if already released,
-        `NoProcess` once the session has ended.
+        `NoProcess` once the session has ended, or at `Ready` once `abort()` was called.
         """
         self._channel.send(lambda state: state.proceed())
 
