@@ -213,9 +213,12 @@ class Session:
         """Block until the terminal outcome: `Exited`, `Signaled` or `Aborted`.
 
         Raises `ProcessError` for a pre-exec or agent failure, `TimeoutError` if `timeout`
-        seconds pass first (the session stays alive), `NoProcess` after `close()`. An owner
-        (it runs in linx's reactor thread) gets the outcome once it is known (on the
-        terminal event at the latest), and `RuntimeError` before, rather than a deadlock.
+        seconds pass first (the session stays alive), `NoProcess` after `close()`. With
+        `linger=False` the session closes itself at its end: threads already waiting get
+        the outcome, a later call (an owner's on the terminal event too) `NoProcess`.
+        Otherwise an owner (it runs in linx's reactor thread) gets the outcome once it is
+        known (on the terminal event at the latest), and `RuntimeError` before, rather
+        than a deadlock.
         """
         timeout = _options.validate_timeout(timeout)
         if self._channel.closed:
