@@ -10,6 +10,7 @@ workload inherits this terminal.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import shutil
@@ -158,7 +159,33 @@ def _spawn_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_event(event: Event) -> None:
-    print(f"linx: event {event!r}", file=sys.stderr, flush=True)
+    _say(f"linx: event {event!r}")
+
+
+def _say(message: str) -> None:
+    """`message` on stderr. One that cannot be written (a full disk, a reader that went
+    away) is dropped: linx's exit status is the workload's, and a traceback's 1 would be
+    taken for it."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class _Discard(io.TextIOBase):
+    """Stands for a standard stream this process was started without (closed fd 1 or 2):
+    Python leaves it `None` then, and `print(file=None)`, argparse's usage included, writes
+    to stdout instead, into the workload's output."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+def _fill_closed_streams() -> None:
+    if sys.stdout is None:
+        sys.stdout = _Discard()
+    if sys.stderr is None:
+        sys.stderr = _Discard()
 
 
 def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
@@ -196,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         command = _resolve(argv[0], options["env"], args.cwd)
         if command is None:
-            print(f"linx run: {argv[0]}: command not found", file=sys.stderr)
+            _say(f"linx run: {argv[0]}: command not found")
             return EXIT_NOT_FOUND
         session = spawn(
             [command, *argv[1:]],
@@ -207,17 +234,17 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:
         _usage_error(str(exc))
     except ProcessError as exc:  # the launcher could not start an agent
-        print(f"linx: {exc.describe()}", file=sys.stderr)
+        _say(f"linx: {exc.describe()}")
         return EXIT_SETUP_FAILED
     except OSError as exc:  # before any process: out of fds, the current directory removed
-        print(f"linx run: {exc}", file=sys.stderr)
+        _say(f"linx run: {exc}")
         return EXIT_SETUP_FAILED
     with session:
         forwarder.start(session)
         try:
             outcome = session.wait()
         except ProcessError as exc:
-            print(f"linx: {_subject(exc, command, args)}{exc.describe()}", file=sys.stderr)
+            _say(f"linx: {_subject(exc, command, args)}{exc.describe()}")
             return EXIT_SETUP_FAILED
     if outcome == Signaled(signum=signal.SIGINT):
         _die_by_sigint()
@@ -236,7 +263,7 @@ def _subject(error: ProcessError, command: str, args: argparse.Namespace) -> str
 def _usage_error(message: str) -> NoReturn:
     """A bad command line: exits 2, as argparse does, so that it is never taken for the
     workload's own status."""
-    print(f"linx run: {message}", file=sys.stderr)
+    _say(f"linx run: {message}")
     raise SystemExit(EXIT_USAGE)
 
 
@@ -298,8 +325,11 @@ class _SignalForwarder:
 def _die_by_sigint() -> None:
     """End as the workload did, by SIGINT (a Ctrl-C), rather than exit 130: a shell tells
     the two apart, and stops a loop or script only for a command that a SIGINT killed."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # To this thread: sent to the process, the forwarder's sigtimedwait might take it.
@@ -314,6 +344,7 @@ def _send(session: Any, signum: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _fill_closed_streams()
     args = _parser().parse_args(argv)
     if args.command == "run":
         return run(args)

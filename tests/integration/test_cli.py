@@ -329,3 +329,64 @@ def test_run_leaves_a_terminals_ctrl_c_to_the_terminal(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def linx_cli_redirected(redirect: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`linx ARGS` started by a shell with `redirect` applied (`2>&-`, say), stdout captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script = f'exec "$@" {redirect}'
+    return subprocess.run(
+        ["/bin/sh", "-c", script, "sh", sys.executable, "-m", "linx", *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["run", "--events", "--", "/bin/echo", "out"], 0),
+        (["run", "--", "/nonexistent"], 125),
+        (["run", "--", "linx-no-such-command"], 127),
+        (["run", "--stop-grace", "soon", "--", "/bin/echo", "out"], 2),
+        (["run", "--env", "K", "--", "/bin/echo", "out"], 2),
+    ],
+    ids=["events", "execve-failed", "not-found", "argparse-usage", "own-usage"],
+)
+def test_run_with_stderr_closed_writes_nothing_of_its_own_to_stdout(
+    args: list[str], status: int
+) -> None:
+    # Python leaves sys.stderr None then, and print(file=None) writes to stdout: the events,
+    # the errors and argparse's usage went into the workload's output.
+    done = linx_cli_redirected("2>&-", *args)
+    assert done.returncode == status
+    assert done.stdout == ("out\n" if status == 0 else ""), done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["run", "--", "/nonexistent"], 125),
+        (["run", "--", "linx-no-such-command"], 127),
+        (["run", "--env", "K", "--", "/bin/true"], 2),
+        (["run", "--events", "--", "/bin/sh", "-c", "exit 3"], 3),
+    ],
+    ids=["execve-failed", "not-found", "usage", "events"],
+)
+def test_run_exits_with_its_own_status_when_stderr_cannot_be_written(
+    args: list[str], status: int
+) -> None:
+    # A full disk, or a reader that went away: the message is lost, the status must not be
+    # (it was a traceback's 1, which reads as the workload's own).
+    done = linx_cli_redirected("2>/dev/full", *args)
+    assert done.returncode == status
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-"], ids=["stdout-closed", "stderr-closed"])
+def test_run_ends_by_sigint_with_a_standard_stream_closed(redirect: str) -> None:
+    # It flushed sys.stdout and sys.stderr first, which are None then: a traceback, exit 1.
+    done = linx_cli_redirected(redirect, "run", "--", "/bin/sh", "-c", "kill -INT $$")
+    assert done.returncode == -signal.SIGINT
