@@ -340,11 +340,8 @@ def _id_map(name: str, entries: object) -> bytes:
     for entry in entries:
         if not isinstance(entry, tuple | list) or len(entry) != 3:
             raise TypeError(f"{name}: each entry must be (inside, outside, count), not {entry!r}")
-        inside, outside, count = (_id(f"{name} entry {entry!r}", v) for v in entry)
-        if count < 1:
-            raise ValueError(f"{name}: count must be at least 1 in {entry!r}")
-        if max(inside, outside) + count > MAX_ID + 1:
-            raise ValueError(f"{name}: {entry!r} runs past the last id, {MAX_ID}")
+        inside, outside = (_id(f"{name} entry {entry!r}", v) for v in entry[:2])
+        count = _id_count(name, entry, inside, outside, entry[2])
         extents.append((inside, outside, count))
         lines.append(f"{inside} {outside} {count}\n")
     if not lines:
@@ -371,6 +368,22 @@ def _no_overlap(name: str, extents: list[tuple[int, int, int]], *, inside: bool)
         if earlier[side] + earlier[2] > later[side]:
             where = "inside" if inside else "outside"
             raise ValueError(f"{name}: {earlier!r} and {later!r} overlap {where}")
+
+
+def _id_count(name: str, entry: object, inside: int, outside: int, count: object) -> int:
+    """An id map line's count: at least 1, and neither range may reach past the last id,
+    which the kernel refuses (EINVAL). (0, 0, 4294967295), every id, is the initial user
+    namespace's own map, and fits."""
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise TypeError(f"{name} entry {entry!r} must be an int, not {count!r}")
+    if count < 1:
+        raise ValueError(f"{name}: count must be at least 1 in {entry!r}")
+    if max(inside, outside) + count > MAX_ID + 1:
+        raise ValueError(
+            f"{name}: entry {entry!r} runs past the last id, {MAX_ID}: count can be at most "
+            f"{MAX_ID + 1 - max(inside, outside)}"
+        )
+    return count
 
 
 def _groups(groups: object) -> bytes:

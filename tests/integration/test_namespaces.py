@@ -183,11 +183,29 @@ def test_a_user_namespace_maps_root_inside_to_uid_1000_outside(
     assert fields["Gid"] == ["1000"] * 4
 
 
+def test_the_identity_map_of_every_id_is_taken_as_the_kernel_takes_it(
+    session_factory: Factory,
+) -> None:
+    # The initial user namespace's own map, (0, 0, 4294967295): its count is one more than
+    # the largest id, and was refused as an id out of range.
+    every_id = [(0, 0, 2**32 - 1)]
+    assert [tuple(map(int, Path("/proc/self/uid_map").read_text().split()))] == every_id
+    session = session_factory(
+        ["/bin/true"], namespaces=["user"], uid_map=every_id, gid_map=every_id
+    )
+    ready = expect(session, linx.Ready)
+    for name in ("uid_map", "gid_map"):
+        written = Path(f"/proc/{ready.host_pid}/{name}").read_text().split()
+        assert written == ["0", "0", str(2**32 - 1)], name
+    session.proceed()
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
 @pytest.mark.parametrize(
     "uid_map",
     [
         [(0, 1000, 10), (10, 2000, 5), (15, 1010, 1)],  # ranges that touch on both sides
-        [(0, 0, 2**32 - 2)],  # the longest range there is (the host's own map is one more)
+        [(0, 0, 2**32 - 2)],  # a range of all but one id (every id: the identity map test)
         [(1, 0, 2**32 - 2)],  # ending on the last id inside
     ],
     ids=["touching-ranges", "longest-range", "ending-on-the-last-id"],

@@ -170,6 +170,21 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("uid-map-id-too-big", "uid_map", "ValueError", "2**32", "spawn(T, uid_map=[(0, v, 1)], **U)"),
     ("uid-map-count-0", "uid_map", "ValueError", "(0, 0, 0)", "spawn(T, uid_map=[v], **U)"),
     ("gid-map-count-0", "gid_map", "ValueError", "(0, 0, 0)", "spawn(T, gid_map=[v], **U)"),
+    (
+        "uid-map-count-past-the-last-id",  # the kernel's EINVAL, as a ProcessError
+        "uid_map",
+        "ValueError",
+        "(5, 0, 2**32 - 5)",
+        "spawn(T, uid_map=[v], **U)",
+    ),
+    (
+        "gid-map-outside-range-past-the-last-id",
+        "gid_map",
+        "ValueError",
+        "(0, 2**32 - 2, 2)",
+        "spawn(T, gid_map=[v], **U)",
+    ),
+    ("uid-map-count-bool", "uid_map", "TypeError", "(0, 0, True)", "spawn(T, uid_map=[v], **U)"),
     ("uid-map-wrong-shape", "uid_map", "TypeError", "(0, 0)", "spawn(T, uid_map=[v], **U)"),
     ("gid-map-wrong-shape", "gid_map", "TypeError", "(0, 0, 1, 1)", "spawn(T, gid_map=[v], **U)"),
     ("uid-map-not-a-list", "uid_map", "TypeError", "'0 0 1'", "spawn(T, uid_map=v, **U)"),
