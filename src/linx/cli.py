@@ -199,12 +199,23 @@ def _resolve(command: str, env: dict[str, str], cwd: str | None) -> str | None:
             # take it there, never ours.
             base = _workload_directory(cwd)
             dirs = [os.path.join(base, d) for d in dirs]
-        found = shutil.which(command, path=os.pathsep.join(dirs))
+        found = shutil.which(command, path=os.pathsep.join(dirs)) or _first_file(command, dirs)
         if found is None:
             return None
         command = found
     # No normalising: "a/../b" is the kernel's to resolve, through any symlink "a" is.
     return command if os.path.isabs(command) else os.path.join(_workload_directory(cwd), command)
+
+
+def _first_file(command: str, dirs: list[str]) -> str | None:
+    """A file named `command` that was found but may not be executed: its execve fails
+    with EACCES, named (125), as execvp and a shell (126) say it, not "command not
+    found"."""
+    for directory in dirs:
+        path = os.path.join(directory, command)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def _workload_directory(cwd: str | None) -> str:

@@ -390,3 +390,18 @@ def test_run_ends_by_sigint_with_a_standard_stream_closed(redirect: str) -> None
     # It flushed sys.stdout and sys.stderr first, which are None then: a traceback, exit 1.
     done = linx_cli_redirected(redirect, "run", "--", "/bin/sh", "-c", "kill -INT $$")
     assert done.returncode == -signal.SIGINT
+
+
+def test_run_names_a_command_found_in_path_that_may_not_be_executed(tmp_path: Path) -> None:
+    # It was "command not found" (127) for a file that is there: a script not made
+    # executable. execvp fails with EACCES for it, and env and a shell say so (126).
+    (tmp_path / "tool").write_text("#!/bin/sh\necho ran\n")
+    done = linx_cli("run", "--env", f"PATH=/nonexistent:{tmp_path}", "--", "tool")
+    assert done.returncode == 125, done.stderr
+    assert f"{tmp_path / 'tool'}: process execve failed: EACCES" in done.stderr, done.stderr
+    (tmp_path / "later").mkdir()
+    (tmp_path / "later" / "tool").write_text("#!/bin/sh\necho ran\n")
+    (tmp_path / "later" / "tool").chmod(0o755)
+    path = f"PATH={tmp_path}:{tmp_path / 'later'}"
+    found = linx_cli("run", "--env", path, "--", "tool")  # an executable one later wins
+    assert (found.returncode, found.stdout) == (0, "ran\n"), found.stderr
