@@ -93,6 +93,61 @@ def test_unprivileged_linx_run_with_map_root_is_root_and_pid_1_inside(
     assert done.stdout.splitlines() == ["0", "box", "1"], done.stdout
 
 
+def test_unprivileged_user_shapes_a_parked_child_at_the_checkpoint(nobody_python: None) -> None:
+    # The README's example as a user without privileges: parked (not the vfork path the
+    # auto_proceed test takes), maps written by the agent, read from outside at Ready;
+    # and maps the caller writes itself at the checkpoint.
+    done = run_python(
+        f"""
+        import json, linx
+
+        def parked(shape=None, **options):
+            with linx.spawn(["/bin/sh", "-c", "exit $(id -u)"], namespaces=["user", "pid"],
+                            uid=0, **options) as s:
+                ready = s.events.get(timeout=20)
+                assert isinstance(ready, linx.Ready), ready
+                if shape:
+                    shape(ready.host_pid)
+                with open(f"/proc/{{ready.host_pid}}/uid_map") as f:
+                    seen = f.read().split()
+                s.proceed()
+                return [seen, repr(s.wait(timeout=20))]
+
+        def write_maps(pid):
+            for name, text in (("setgroups", "deny"), ("uid_map", "0 {NOBODY} 1"),
+                               ("gid_map", "0 {NOBODY} 1")):
+                with open(f"/proc/{{pid}}/{{name}}", "w") as f:
+                    f.write(text)
+
+        print(json.dumps({{
+            "agent": parked(uid_map=[(0, {NOBODY}, 1)], gid_map=[(0, {NOBODY}, 1)]),
+            "caller": parked(write_maps),
+        }}))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    ran = [["0", str(NOBODY), "1"], "Exited(code=0)"]
+    assert report == {"agent": ran, "caller": ran}, report
+
+
+def test_unprivileged_linx_run_without_a_user_namespace_exits_125_naming_clone(
+    nobody_python: None,
+) -> None:
+    done = run_python(
+        """
+        import sys
+        from linx.cli import main
+        sys.exit(main(["run", "--ns", "pid,mount", "--", "/bin/true"]))
+        """,
+        user=NOBODY,
+    )
+    assert done.returncode == 125, done.stderr
+    assert "clone failed: EPERM" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None:
     # A launcher runs with the credentials the process had when it started it. After a
     # drop (a server giving up root), neither it nor its spare may serve another spawn,
