@@ -3,6 +3,7 @@ compiles the agent) and a wheel any Python 3 of this platform takes."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.slow
-def test_the_sdist_carries_the_agents_sources_and_builds_a_platform_wheel(tmp_path: Path) -> None:
+def test_the_sdist_carries_the_agents_sources_and_builds_a_wheel_that_runs_installed(
+    tmp_path: Path,
+) -> None:
     # `python -m build` makes the sdist, then the wheel from the unpacked sdist: a source
     # missing from the sdist fails the second step. From a copy of the files git has: the
     # build writes its egg-info next to the sources, and a developer's tree may hold more.
@@ -48,3 +51,34 @@ def test_the_sdist_carries_the_agents_sources_and_builds_a_platform_wheel(tmp_pa
     assert wheel.name.split("-")[2:4] == ["py3", "none"]
     with zipfile.ZipFile(wheel) as archive:
         assert {"linx/_bin/linx-agent", "linx/py.typed"} <= set(archive.namelist())
+    _the_installed_wheel_runs_from_anywhere(wheel, tmp_path / "venv")
+
+
+def _the_installed_wheel_runs_from_anywhere(wheel: Path, venv: Path) -> None:
+    """Installed (not editable) into a fresh environment, `linx` finds its agent inside the
+    package, from any directory, with no checkout on the path."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    install = [str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-deps", str(wheel)]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LINX_AGENT")}
+    done = subprocess.run(
+        [
+            str(venv / "bin" / "linx"),
+            "run",
+            "--ns",
+            "user,pid",
+            "--map-root",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo $$ $(id -u)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+    )
+    assert (done.returncode, done.stdout) == (0, "1 0\n"), done.stderr
