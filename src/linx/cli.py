@@ -250,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:  # before any process: out of fds, the current directory removed
         _say(f"linx run: {exc}")
         return EXIT_SETUP_FAILED
+    except RuntimeError as exc:  # no agent program: a broken install, a wrong $LINX_AGENT
+        _say(str(exc))
+        return EXIT_SETUP_FAILED
     with session:
         forwarder.start(session)
         try:

@@ -405,3 +405,10 @@ def test_run_names_a_command_found_in_path_that_may_not_be_executed(tmp_path: Pa
     path = f"PATH={tmp_path}:{tmp_path / 'later'}"
     found = linx_cli("run", "--env", path, "--", "tool")  # an executable one later wins
     assert (found.returncode, found.stdout) == (0, "ran\n"), found.stderr
+
+
+def test_run_without_its_agent_program_exits_125_naming_it() -> None:
+    # A broken install (or a wrong $LINX_AGENT): it was a traceback and exit 1.
+    done = linx_cli("run", "--", "/bin/true", env={"LINX_AGENT": "/nonexistent/linx-agent"})
+    assert done.returncode == 125, done.stderr
+    assert "/nonexistent/linx-agent" in done.stderr and "Traceback" not in done.stderr
