@@ -10,6 +10,7 @@ workload inherits this terminal.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import math
 import os
@@ -259,6 +260,9 @@ def run(args: argparse.Namespace) -> int:
             outcome = session.wait()
         except ProcessError as exc:
             _say(f"linx: {_subject(exc, command, args)}{exc.describe()}")
+            hint = _hint(exc, options["namespaces"])
+            if hint is not None:
+                _say(f"linx run: {hint}")
             return EXIT_SETUP_FAILED
     if outcome == Signaled(signum=signal.SIGINT):
         _die_by_sigint()
@@ -272,6 +276,17 @@ def _subject(error: ProcessError, command: str, args: argparse.Namespace) -> str
     subject = {"execve": command, "chdir": args.cwd, "sethostname": args.hostname}
     named = subject.get(error.stage)
     return "" if named is None else f"{named}: "
+
+
+def _hint(error: ProcessError, namespaces: list[str]) -> str | None:
+    """What to do about a clone the kernel refused, where its errno alone does not say."""
+    if error.stage != "clone":
+        return None
+    if error.errno == errno.EPERM and "user" not in namespaces and os.geteuid() != 0:
+        return "without root, new namespaces need a user namespace too: add --map-root"
+    if error.errno == errno.ENOSPC:
+        return "a limit on namespaces was reached (/proc/sys/user/max_*_namespaces)"
+    return None
 
 
 def _usage_error(message: str) -> NoReturn:

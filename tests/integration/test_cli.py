@@ -412,3 +412,22 @@ def test_run_without_its_agent_program_exits_125_naming_it() -> None:
     done = linx_cli("run", "--", "/bin/true", env={"LINX_AGENT": "/nonexistent/linx-agent"})
     assert done.returncode == 125, done.stderr
     assert "/nonexistent/linx-agent" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_says_a_namespace_limit_was_reached_when_clone_fails_with_enospc() -> None:
+    # "No space left on device" is the kernel's word for it. The limit is set to 0 in a user
+    # namespace of the test's own, so the host's stays as it is.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script = 'echo 0 > /proc/sys/user/max_pid_namespaces && exec "$@"'
+    python = [sys.executable, "-m", "linx", "run", "--ns", "pid", "--", "/bin/true"]
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--fork", "/bin/sh", "-c", script, "sh", *python],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 125, done.stderr
+    assert "clone failed: ENOSPC" in done.stderr, done.stderr
+    assert "max_*_namespaces" in done.stderr, done.stderr

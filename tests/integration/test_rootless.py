@@ -145,6 +145,7 @@ def test_unprivileged_linx_run_without_a_user_namespace_exits_125_naming_clone(
     )
     assert done.returncode == 125, done.stderr
     assert "clone failed: EPERM" in done.stderr, done.stderr
+    assert "add --map-root" in done.stderr, done.stderr  # what to do about it
     assert "Traceback" not in done.stderr, done.stderr
 
 
