@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -431,3 +432,26 @@ def test_run_says_a_namespace_limit_was_reached_when_clone_fails_with_enospc() -
     assert done.returncode == 125, done.stderr
     assert "clone failed: ENOSPC" in done.stderr, done.stderr
     assert "max_*_namespaces" in done.stderr, done.stderr
+
+
+def test_run_in_a_pipeline_passes_stdio_through_and_ends_with_its_reader() -> None:
+    # As a shell user writes it: stdin from a pipe, stdout into one whose reader stops
+    # early (the workload dies of SIGPIPE, 141, and linx at once, with no traceback), and
+    # with stdin and stdout closed.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    linx = f"{shlex.quote(sys.executable)} -m linx run"
+    script = (
+        f"echo hi | {linx} -- /bin/cat; echo cat=$?; "
+        f"{linx} -- /usr/bin/yes | head -1; echo yes=$?; "
+        f'{linx} -- /bin/sh -c "exit 3" <&- >&-; echo closed=$?'
+    )
+    done = subprocess.run(
+        ["/bin/bash", "-c", f"set -o pipefail; {script}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.stdout.splitlines() == ["hi", "cat=0", "y", "yes=141", "closed=3"], done.stderr
+    assert done.stderr == ""
