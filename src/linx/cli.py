@@ -47,6 +47,8 @@ examples:
 --map-root maps your uid and gid to root inside a user namespace (it adds "user").
 A command without a slash is searched in the workload's PATH (see --env, --clear-env);
 a relative one is taken from the workload's working directory (--cwd, or yours).
+The workload gets your stdin, stdout and stderr, and no other open file: unlike env or
+unshare, a redirection such as 3<file or a <(...) of the shell does not reach it.
 The exit status is the workload's, 128+N if signal N killed it, 125 if it never ran (the
 failing stage and errno are printed on stderr: a missing path fails at execve), 127 if
 a command without a slash is not found in PATH, and 2 for a bad command line.

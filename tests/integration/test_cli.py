@@ -455,3 +455,21 @@ def test_run_in_a_pipeline_passes_stdio_through_and_ends_with_its_reader() -> No
     )
     assert done.stdout.splitlines() == ["hi", "cat=0", "y", "yes=141", "closed=3"], done.stderr
     assert done.stderr == ""
+
+
+def test_run_help_says_only_the_standard_streams_reach_the_workload() -> None:
+    # A shell user expects 3<file or <(...) to reach the command, as with env or unshare.
+    done = linx_cli("run", "--help")
+    assert "<(...)" in done.stdout and "3<file" in done.stdout, done.stdout
+    shell = subprocess.run(
+        [
+            "/bin/bash",
+            "-c",
+            f"{shlex.quote(sys.executable)} -m linx run -- /bin/sh -c 'cat <&3' 3</dev/null",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    assert shell.returncode != 0, "fd 3 reached the workload: the help is out of date"
