@@ -59,7 +59,8 @@ sent to linx with kill is passed on. SIGTERM or SIGHUP sent to linx is passed on
 workload still running --stop-grace seconds later (5 by default) is killed (SIGKILL).
 With "pid" the workload is its namespace's init, and the kernel drops every signal it
 has no handler for: Ctrl-C does nothing to a plain `sleep`, while `kill` on linx ends
-it after the grace.
+it after the grace. The workload starts with every signal at its default, whatever linx
+was started with: under nohup, a hang-up still ends it.
 """
 
 

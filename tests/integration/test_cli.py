@@ -473,3 +473,27 @@ def test_run_help_says_only_the_standard_streams_reach_the_workload() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     assert shell.returncode != 0, "fd 3 reached the workload: the help is out of date"
+
+
+def test_run_help_says_a_workload_starts_with_every_signal_at_its_default() -> None:
+    # Under nohup (SIGHUP ignored) env and unshare pass the ignored SIGHUP on; linx does not.
+    assert "nohup" in linx_cli("run", "--help").stdout
+    done = subprocess.run(
+        [
+            "nohup",
+            sys.executable,
+            "-m",
+            "linx",
+            "run",
+            "--",
+            "/bin/grep",
+            "SigIgn",
+            "/proc/self/status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.stdout.split() == ["SigIgn:", "0" * 16], "the help is out of date"
