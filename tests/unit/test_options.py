@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from linx import _options
@@ -143,6 +143,8 @@ def kernel_takes(extents: list[tuple[int, int, int]]) -> bool:
 
 
 @given(st.lists(small_extent | extent, min_size=1, max_size=8))
+@example([(0, 0, 2**32 - 1)])  # every id: the initial user namespace's own map
+@example([(1, 0, 2**32 - 1)])  # one past the last id inside
 def test_an_id_map_is_refused_exactly_where_the_kernel_would_refuse_it(
     extents: list[tuple[int, int, int]],
 ) -> None:
