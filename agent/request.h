@@ -55,7 +55,11 @@ struct spawn_req {
 	void *mem;
 };
 
-#define NAMESPACE_FLAGS_ALL 0xfe0200a0ull	/* CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME} */
+/* CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET,TIME} and no other bit: any other one is a
+ * clone flag of its own (0x80000000 is CLONE_IO) or lies in the exit signal's byte
+ * (CSIGNAL, which CLONE_NEWTIME shares), where the legacy clone and the vfork path would
+ * take it as part of the signal. request.c checks it against <sched.h>. */
+#define NAMESPACE_FLAGS_ALL 0x7e020080ull
 #define ORPHAN_GRACE_DEFAULT_MS 5000u
 
 /* nfds: how many fds arrived with the frame (stdio fd indexes must be below it).

@@ -32,7 +32,7 @@ def spawn_seeds():
     yield b"\x02" + frame(1, base + raw(13, b"\x01" + struct.pack("<I", 1))
                           + raw(14, b"\x02") + raw(15, b"\x04"))
     yield b"\x00" + frame(1, base + raw(14, b"\x03/run/x.sock"))
-    yield b"\x00" + frame(1, base + u64(5, 0xFE0200A0) + raw(6, b"box")
+    yield b"\x00" + frame(1, base + u64(5, 0x7E020080) + raw(6, b"box")
                           + raw(7, b"0 1000 1\n") + raw(8, b"0 1000 1\n") + raw(9, b"deny")
                           + u32(10, 0) + u32(11, 0) + raw(12, struct.pack("<II", 1, 2)))
     yield b"\x00" + frame(1, base + u32(16, 1) + u32(17, 1) + u64(18, 5000) + u32(19, 0)

@@ -140,6 +140,14 @@ def test_nul_inside_argv_is_malformed_request(agent: RawAgent) -> None:
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
 
 
+@pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
+def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
+    # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
+    # CLONE_IO. The agent took both, and cloned with them.
+    agent.send(_spawn(namespaces=bit, auto_proceed=1))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
 def _lowest_free_fd(pid: int) -> int:
     held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
     return min(set(range(len(held) + 1)) - held)
