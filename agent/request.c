@@ -41,8 +41,10 @@ static int check_stdio(const struct wire_field *f, size_t nfds, struct stdio_spe
 	case STDIO_CLOSED:
 		return f->size == 1 ? 0 : -1;
 	case STDIO_CONNECT_UNIX:
-		/* a path too long for sun_path is connect_unix/ENAMETOOLONG, not malformed */
-		return memchr(f->val + 1, 0, f->size - 1) ? -1 : 0;
+		/* a path too long for sun_path is connect_unix/ENAMETOOLONG, not malformed; an
+		 * empty one would be the abstract address "\0" (connect_unix adds the NUL),
+		 * which any process in the agent's network namespace may be listening on */
+		return f->size > 1 && !memchr(f->val + 1, 0, f->size - 1) ? 0 : -1;
 	default:
 		return -1;
 	}

@@ -72,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (s->kind == STDIO_FD)
 			check(s->fd_index < nfds);
 		if (s->kind == STDIO_CONNECT_UNIX)
-			check_str(s->path, s->path_len);
+			check(s->path_len > 0 && strlen(s->path) == s->path_len);
 	}
 	request_free(&r);
 	return 0;

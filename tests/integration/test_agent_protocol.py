@@ -148,6 +148,13 @@ def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bi
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
 
 
+def test_empty_connect_unix_path_is_malformed_request(agent: RawAgent) -> None:
+    # The agent adds the terminating NUL, so an empty path was the abstract address "\0",
+    # which any process may listen on: the workload's stdout went to whoever did.
+    agent.send(_spawn(stdout=_wire.stdio_connect_unix(b""), auto_proceed=1))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+
+
 def _lowest_free_fd(pid: int) -> int:
     held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
     return min(set(range(len(held) + 1)) - held)
