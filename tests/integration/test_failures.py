@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -336,6 +337,83 @@ def test_a_launcher_that_cannot_start_raises_and_leaves_no_fd_or_process(
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == [error, error, "True ''"]
     assert "ResourceWarning" not in result.stderr, result.stderr
+
+
+# --- the kernel refuses a process -------------------------------------------------------------
+
+
+def _pids_hierarchy() -> Path:
+    """A cgroup hierarchy with the pids controller: v1's own, or v2 where it is enabled."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, target, kind, options = line.split()[:4]
+        if kind == "cgroup" and "pids" in options.split(","):
+            return Path(target)
+        controllers = Path(target) / "cgroup.subtree_control"
+        if kind == "cgroup2" and "pids" in controllers.read_text().split():
+            return Path(target)
+    pytest.skip("no cgroup hierarchy with the pids controller")
+
+
+def test_a_pids_limit_makes_clone_and_fork_fail_as_process_errors_and_spawns_recover() -> None:
+    # A fresh interpreter in a cgroup of its own, so that its launcher and agents are in it
+    # too. With one session running (its agent and workload hold their places), the limit
+    # goes one below what is there: the spare agent cannot clone its child, and the
+    # launcher, even once that agent has gone, cannot fork the next.
+    group = _pids_hierarchy() / f"linx-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        result = run_python(
+            """
+            import json, os, pathlib, time, linx
+            group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            def ppid(pid):
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+                return int(stat.rsplit(")", 1)[1].split()[1])
+            def failure():
+                session = linx.spawn(["/bin/true"], auto_proceed=True)
+                try:
+                    session.wait(timeout=20)
+                except linx.ProcessError as exc:
+                    return [exc.stage, exc.errno]
+                finally:
+                    session.close()
+            held = linx.spawn(["/bin/sleep", "60"])
+            agent = ppid(held.events.get(timeout=20).host_pid)
+            launcher = ppid(agent)
+            children = pathlib.Path(f"/proc/{launcher}/task/{launcher}/children")
+            while len(children.read_text().split()) < 2:  # the spare, asked for by now
+                time.sleep(0.01)
+            current = int((group / "pids.current").read_text())
+            (group / "pids.max").write_text(str(current - 1))
+            refused = [failure(), failure()]
+            (group / "pids.max").write_text("max")
+            after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
+            print(json.dumps({"refused": refused, "after": repr(after.wait(timeout=20))}))
+            held.close()
+            """,
+            env={
+                "LINX_TEST_GROUP": str(group),
+                # LeakSanitizer's leak check at exit needs a task of its own, which the limit
+                # refuses the sanitizer build's agents (a "fatal error" report); the other
+                # sanitizers run on
+                "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0",
+            },
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.splitlines()[-1])
+        assert report == {
+            "refused": [["clone", errno.EAGAIN], ["fork", errno.EAGAIN]],
+            "after": "Exited(code=3)",
+        }
+    finally:
+        # the launcher and the agents leave once the interpreter has gone
+        procs = group / "cgroup.procs"
+        if not wait_until(lambda: procs.read_text() == "", 20):
+            for pid in procs.read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            wait_until(lambda: procs.read_text() == "")
+        group.rmdir()
 
 
 # --- request size -------------------------------------------------------------------------------
