@@ -48,6 +48,7 @@ struct session {
 	int released_early;	/* auto_proceed: released at clone, never parked */
 	uint32_t *sigs;		/* buffered SIGNALs, arrival order */
 	size_t nsigs, sigcap;
+	int kill_unbuffered;	/* a SIGKILL past the buffer's end: kept, it goes out last */
 	int unread;		/* whole commands may wait in ch's buffer (on_frames) */
 	int mute;		/* nothing more can go to Python: it stopped reading (EPIPE,
 				 * ECONNRESET on a write; commands it sent before may still wait
@@ -357,6 +358,9 @@ static void exec_outcome(struct session *s)
 	for (size_t i = 0; i < s->nsigs; i++)
 		deliver(s, s->sigs[i]);
 	s->nsigs = 0;
+	if (s->kill_unbuffered)
+		deliver(s, SIGKILL);
+	s->kill_unbuffered = 0;
 }
 
 /* A vforked child has exec'd or exited by the time clone returns, so all it will ever
@@ -492,7 +496,12 @@ static void buffer_signal(struct session *s, uint32_t signum)
 		size_t ncap = s->sigcap ? s->sigcap * 2 : 8;
 		uint32_t *ns = ncap <= MAX_BUFFERED_SIGNALS ? realloc(s->sigs, ncap * sizeof(*ns)) : NULL;
 		if (!ns) {
-			notice(s, "signal", ncap <= MAX_BUFFERED_SIGNALS ? ENOMEM : ENOBUFS);
+			/* a dropped signal is noticed; a SIGKILL is never dropped: it would have
+			 * ended the workload whatever came after it, so it can wait at the end */
+			if (signum == SIGKILL)
+				s->kill_unbuffered = 1;
+			else
+				notice(s, "signal", ncap <= MAX_BUFFERED_SIGNALS ? ENOMEM : ENOBUFS);
 			return;
 		}
 		s->sigs = ns;

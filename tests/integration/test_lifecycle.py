@@ -239,6 +239,21 @@ def test_buffered_signals_are_delivered_in_the_order_sent(
     assert expect(session, linx.Signaled).signum == first
 
 
+def test_a_sigkill_sent_once_the_signal_buffer_is_full_still_ends_the_workload(
+    session_factory: Factory,
+) -> None:
+    # The agent buffers at most 65536 signals before Running and drops the rest with a
+    # notice; a SIGKILL among them would leave running a workload its caller killed.
+    session = session_factory(["/bin/sleep", "30"])
+    expect(session, linx.Ready)
+    for _ in range(65536 + 10):
+        session.signal(signal.SIGWINCH)  # ignored by sleep
+    session.signal(signal.SIGKILL)
+    session.proceed()
+    expect(session, linx.Running)
+    assert session.wait(timeout=20) == linx.Signaled(signum=signal.SIGKILL)
+
+
 # --- endings ------------------------------------------------------------------------------
 
 
