@@ -159,8 +159,12 @@ class SessionState:
             self.agent_pid = message.agent_pid
             return []
         if isinstance(message, _wire.Ready):
+            if message.host_pid != self.host_pid:
+                # READY names the child SPAWNED named (the reference: `host_pid` after
+                # :spawned is "the same value" :ready carries). Taking another would change
+                # `host_pid` under a caller that may be using the first already.
+                return self._fail(PROTOCOL_STAGE, _errno.EPROTO)
             self.stage = Stage.READY
-            self.host_pid = message.host_pid
             self.child_pid = message.child_pid
             return [Ready(message.host_pid, session=self._session())]
         if isinstance(message, _wire.Running):

@@ -140,6 +140,14 @@ def test_out_of_order_message_is_a_protocol_failure() -> None:
     assert isinstance(event, Failed) and event.error.errno == errno.EPROTO
 
 
+def test_ready_naming_another_host_pid_than_spawned_is_a_protocol_failure() -> None:
+    state = SessionState()
+    state.receive(_wire.Spawned(host_pid=42, agent_pid=41))
+    [event] = state.receive(_wire.Ready(host_pid=43, child_pid=1))
+    assert isinstance(event, Failed) and event.error.stage == "protocol"
+    assert state.host_pid == 42  # what a caller may have used already stays
+
+
 def test_exit_reasons_follow_the_reference() -> None:
     assert exit_reason(Exited(0)) == "normal"
     assert exit_reason(Exited(3)) == ("exited", 3)
