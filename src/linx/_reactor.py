@@ -108,6 +108,9 @@ class Reactor:
                 handler = self._handlers.get(fd)
                 if handler is not None:
                     self._guarded(handler, mask)
+            # Not kept until the next event, which an idle process may never get: the last
+            # handler can be all that still holds a finished session's channel and owner.
+            handler = None
             if self._timers:  # read without the lock: a timer added meanwhile wakes us
                 self._run_due_timers()
             while self._calls:

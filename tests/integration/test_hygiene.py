@@ -587,6 +587,30 @@ def test_dropped_and_closed_sessions_leave_no_entry_in_the_runtime() -> None:
     assert wait_until(lambda: not any(pid_alive(p) for p in hosts if p is not None), 10)
 
 
+class _Owner:
+    """An owner that a weak reference can watch."""
+
+    def __init__(self) -> None:
+        self.events: list[linx.Event] = []
+
+    def put(self, event: linx.Event) -> None:
+        self.events.append(event)
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_finished_sessions_owner_is_freed_although_the_reactor_has_no_more_work() -> None:
+    # The reactor thread's loop kept the last handler it ran (a local of its loop) until the
+    # next event on any fd: in a process that then spawns nothing more, the last session's
+    # channel, and with it the caller's owner and whatever that holds, stayed for ever.
+    owner = _Owner()
+    ref = weakref.ref(owner)
+    session = linx.spawn(["/bin/true"], auto_proceed=True, owner=owner)
+    assert session.wait(timeout=10) == linx.Exited(0)
+    session.close()
+    del session, owner
+    assert wait_until(lambda: ref() is None, 10), "the reactor still holds the owner"
+
+
 def test_closing_or_dropping_a_finished_session_asks_nothing_of_the_reactor(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
