@@ -87,21 +87,24 @@ class Runtime:
         # would the workload: one from before a privilege drop (setuid and the like) must
         # not serve it.
         credentials = current_credentials()
+        agent = None
+        # One handler for all of it: an exception anywhere once `entry` may be in the agent
+        # table (a KeyboardInterrupt as the spare is taken, or in the last close_fds) must
+        # take it out again, or it stays for the life of the process.
         try:
             agent = self._take_spare(entry, credentials) or self._new_agent(
                 entry=entry, credentials=credentials
             )
-        except BaseException:
-            plan.close_fds()
-            raise
-        try:
             rest, fds = _send_first(agent.sock, request, plan.fds)
+            if not fds:
+                plan.close_fds()
+            return Sent(agent, entry, rest, fds, plan)
         except BaseException:
-            self.abandon(agent, plan)
-            raise
-        if not fds:
+            self._forget_entry(entry)
+            if agent is not None:
+                agent.sock.close()
             plan.close_fds()
-        return Sent(agent, entry, rest, fds, plan)
+            raise
 
     def attach(self, channel: Channel, sent: Sent) -> None:
         """Hand a sent request's socket and unsent rest to `channel` and the reactor."""
@@ -260,6 +263,13 @@ class Runtime:
     def _forget(self, token: int) -> None:
         with self._lock:
             self._agents.pop(token, None)
+
+    def _forget_entry(self, entry: _Unattached) -> None:
+        """Take `entry` out of the agent table, under whichever token it went in (a spawn
+        that failed may not have learnt it)."""
+        with self._lock:
+            for token in [t for t, e in self._agents.items() if e is entry]:
+                del self._agents[token]
 
     def _agent_exited(self, token: int, status: int) -> None:
         self._drop_spare(token)

@@ -763,3 +763,46 @@ def test_a_session_dropped_in_a_forked_child_writes_nothing_to_its_files(
         assert log.read_bytes() == b"line\n"
     finally:
         holder[0].close()
+
+
+@pytest.mark.parametrize("where", ["taking-the-spare", "after-sending"])
+def test_a_keyboard_interrupt_in_spawn_leaves_no_entry_in_the_agent_table(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Ctrl-C in a spawn() once its agent is in the runtime's agent table, before the spawn
+    # hands it to its session: as the spare is taken, or as the request's fds are released
+    # after the request went out. The entry stayed there for the life of the process, one
+    # more for each such interrupt (2000 spawns under random SIGINTs left 3 to 6).
+    import linx._options
+    from linx._runtime import Runtime
+
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    runtime = get_runtime()
+    assert wait_until(lambda: runtime._spare is not None and not runtime._refilling)
+    before = dict(runtime._agents)
+    if where == "taking-the-spare":
+        take_spare = Runtime._take_spare
+
+        def interrupted(self: Runtime, *args: object) -> object:
+            take_spare(self, *args)  # type: ignore[arg-type]
+            raise KeyboardInterrupt  # where a SIGINT lands as it returns
+
+        monkeypatch.setattr(Runtime, "_take_spare", interrupted)
+    else:
+        close_fds = linx._options.SpawnPlan.close_fds
+        calls: list[object] = []
+
+        def interrupted_once(plan: linx._options.SpawnPlan) -> None:
+            calls.append(plan)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+            close_fds(plan)
+
+        monkeypatch.setattr(linx._options.SpawnPlan, "close_fds", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        linx.spawn(["/bin/sleep", "30"], auto_proceed=True)
+    monkeypatch.undo()
+    gc.collect()
+    assert runtime._agents == before
+    # and linx goes on working
+    assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
