@@ -40,7 +40,7 @@ RELEASED_UNSETTLED = NoProcess("the session was closed before its outcome was kn
 class _Outgoing:
     """One frame waiting to be written, and the fds that ride on its first byte."""
 
-    __slots__ = ("data", "fds", "on_sent")
+    __slots__ = ("data", "fds", "on_sent", "sent")
 
     def __init__(
         self, data: bytes | memoryview, fds: list[int], on_sent: Callable[[], None] | None
@@ -48,6 +48,18 @@ class _Outgoing:
         self.data = memoryview(data)
         self.fds = fds
         self.on_sent = on_sent
+        # What the last sendmsg took, not yet dropped from `data` (see Channel._flush).
+        self.sent: list[int] = []
+
+    def advance(self) -> None:
+        """Drop what `sent` says went out: nothing runs between the two stores, so an
+        interrupted advance is only done again, never halfway."""
+        self.data = self.data[self.sent[0] :]
+        del self.sent[:]
+        self.fds = []  # they went with the first byte
+        on_sent, self.on_sent = self.on_sent, None
+        if on_sent is not None:
+            on_sent()
 
 
 class Channel:
@@ -77,7 +89,8 @@ class Channel:
         self._reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
         self._sock: socket.socket | None = None
         self._attached = False  # given its socket (`attach`): the reactor reads it
-        self._out: collections.deque[_Outgoing] = collections.deque()
+        # Verbs' commands go in as they come from the state machine, encoded by _flush.
+        self._out: collections.deque[_Outgoing | _wire.Message] = collections.deque()
         self._want_write = False
         self.closed = False
         self.exit_reason: ExitReason | None = None
@@ -108,7 +121,7 @@ class Channel:
             if first:
                 self._out.append(_Outgoing(first, fds, done))
             self._reactor.register(sock.fileno(), select.EPOLLIN, self._on_ready)
-            self._flush()
+            self._send_queued()
 
     # --- verbs (any thread) ----------------------------------------------------------------
 
@@ -118,8 +131,12 @@ class Channel:
             if self.closed:
                 raise NoProcess("the session is closed")
             message = make(self.state)
-            if message is not None:
-                self._queue(message)
+            if message is not None and self._sock is not None:
+                # Appended as it is, with nothing run in between: an exception raised there
+                # by a signal handler (a KeyboardInterrupt) would lose a command the state
+                # counts as sent, and a proceed() so lost left the child parked for good.
+                self._out.append(message)
+                self._send_queued()
 
     def wait(self, timeout: float | None) -> Result:
         """The outcome, once set. In the reactor thread (an owner calling `wait()`) it is
@@ -274,36 +291,54 @@ class Channel:
     def _queue(self, message: _wire.Message) -> None:
         if self._sock is None:
             return  # the agent is gone; the outcome is on its way
-        self._out.append(_Outgoing(_wire.encode(message), [], None))
-        self._flush()
+        self._out.append(message)
+        self._send_queued()
+
+    def _send_queued(self) -> None:
+        try:
+            self._flush()
+        except BaseException:
+            # Interrupted halfway (a KeyboardInterrupt): the reactor sends what is left,
+            # which may be all that releases a parked child.
+            self._reactor.call_soon(self._flush_if_open)
+            raise
+
+    def _flush_if_open(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                self._flush()
 
     def _flush(self) -> None:
         assert self._sock is not None
         while self._out:
             item = self._out[0]
+            if not isinstance(item, _Outgoing):
+                self._out[0] = item = _Outgoing(_wire.encode(item), [], None)
+            if item.sent:  # went out, but an exception came before it was accounted for
+                item.advance()
+            if not item.data:
+                self._out.popleft()
+                continue
             rights = []
             if item.fds:
                 rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", item.fds))]
             try:
-                sent = self._sock.sendmsg([item.data], rights)
+                # extend(map(...)): the count goes from sendmsg into the item with no
+                # bytecode run in between. A signal handler's exception there (a
+                # KeyboardInterrupt as sendmsg returns: where a Ctrl-C during signal()
+                # lands) would lose it, and the next verb would send the frame again.
+                item.sent.extend(map(self._sock.sendmsg, ([item.data],), (rights,)))
             except BlockingIOError:
                 break
             except (BrokenPipeError, ConnectionResetError):
                 # The agent is gone; what it said before going is still to be read.
                 self._drop_output()
                 return
-            if item.on_sent is not None:
-                item.on_sent()
-                item.on_sent = None
-            item.fds = []
-            item.data = item.data[sent:]
-            if not item.data:
-                self._out.popleft()
         self._set_want_write(bool(self._out))
 
     def _drop_output(self) -> None:
         for item in self._out:
-            if item.on_sent is not None:
+            if isinstance(item, _Outgoing) and item.on_sent is not None:
                 item.on_sent()
         self._out.clear()
         self._set_want_write(False)

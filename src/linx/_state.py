@@ -111,8 +111,12 @@ class SessionState:
             raise AlreadyRunning("the workload is already past the checkpoint")
         if self._abort_sent:
             raise NoProcess("the session is being aborted")
+        # The command is made before the state changes, and nothing is called after: an
+        # exception from a signal handler (a KeyboardInterrupt) in between would leave the
+        # state released with no command on its way (Channel.send).
+        command = _wire.Proceed()
         self._proceeded = True
-        return _wire.Proceed()
+        return command
 
     @property
     def released(self) -> bool:
@@ -125,8 +129,9 @@ class SessionState:
             raise AlreadyRunning("the workload is past the checkpoint; use signal()")
         if self._abort_sent:
             return None
+        command = _wire.Abort()  # first, as in proceed()
         self._abort_sent = True
-        return _wire.Abort()
+        return command
 
     def signal(self, signum: int) -> _wire.Signal:
         self._require_live()

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,3 +280,96 @@ def test_another_thread_changing_os_environ_never_breaks_a_spawn() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[] 0", done.stdout
+
+
+@pytest.mark.parametrize("where", ["making", "encoding"])
+def test_a_keyboard_interrupt_in_proceed_never_leaves_the_child_parked_for_good(
+    monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Ctrl-C in proceed() once the state machine had counted the child as released, but
+    # before the command was queued (as it was made, or encoded): the child stayed parked,
+    # a second proceed() raised AlreadyRunning, and wait() never returned.
+    import linx._wire
+
+    session = linx.spawn(["/bin/true"])
+    assert session.events is not None
+    assert isinstance(session.events.get(timeout=10), linx.Ready)
+    real = getattr(linx._wire, "Proceed" if where == "making" else "encode")
+    calls: list[object] = []
+
+    def interrupted_once(*args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # where a SIGINT's handler raises at the call
+        return real(*args)
+
+    monkeypatch.setattr(linx._wire, "Proceed" if where == "making" else "encode", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        session.proceed()
+    # What a caller does after a Ctrl-C; the first proceed() may have got through already
+    # (or done: the reactor sends what an interrupted verb left queued).
+    with contextlib.suppress(linx.AlreadyRunning, linx.NoProcess):
+        session.proceed()
+    assert session.wait(timeout=10) == linx.Exited(0)
+
+
+RT_SIGNAL_COUNTER = """
+import os, signal
+rt = signal.SIGRTMIN + 1
+signal.pthread_sigmask(signal.SIG_BLOCK, {rt, signal.SIGUSR2})
+os.write(1, b"r")
+count = 0
+while signal.sigwaitinfo({rt, signal.SIGUSR2}).si_signo == rt:
+    count += 1
+os.write(1, str(count).encode())
+"""
+
+
+def test_a_keyboard_interrupt_in_signal_never_sends_the_signal_twice() -> None:
+    # A Ctrl-C during signal() lands, nearly always, as sendmsg returns: the frame had gone
+    # out, but stayed queued as unsent, and the next verb sent it again (a second SIGHUP,
+    # say). Real-time signals are queued, not merged, so the workload counts every one.
+    read_end, write_end = os.pipe()
+    try:
+        session = linx.spawn(
+            [sys.executable, "-c", RT_SIGNAL_COUNTER],
+            auto_proceed=True,
+            stdio={"stdout": write_end},
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as output, session:
+        assert output.read(1) == b"r"  # its real-time signal is blocked: queued, not fatal
+        rt = signal.SIGRTMIN + 1
+        armed, stop = threading.Semaphore(0), threading.Event()
+
+        def interrupt_when_armed() -> None:
+            while armed.acquire() and not stop.is_set():
+                time.sleep(random.random() / 1000)
+                signal.raise_signal(signal.SIGINT)
+
+        interrupter = threading.Thread(target=interrupt_when_armed)
+        # A shell starts a background job with SIGINT ignored, and Python then keeps that:
+        # the test would wait for ever for its KeyboardInterrupts.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupter.start()
+        returned = interrupted = 0
+        try:
+            while interrupted < 20:
+                try:
+                    armed.release()
+                    while True:
+                        session.signal(rt)
+                        returned += 1
+                except KeyboardInterrupt:
+                    interrupted += 1
+        finally:
+            stop.set()
+            armed.release()
+            interrupter.join()
+            signal.signal(signal.SIGINT, previous)
+        session.signal(signal.SIGUSR2)
+        received = int(output.read())
+        assert session.wait(timeout=10) == linx.Exited(0)
+    # each interrupted call sent its signal once, or not at all
+    assert returned <= received <= returned + interrupted
