@@ -9,7 +9,9 @@ children with `waitpid(-1)` cannot confuse it. It holds no session state.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
+import functools
 import logging
 import os
 import select
@@ -83,8 +85,19 @@ class Launcher:
         # used only while this process's credentials are still these).
         self.credentials = current_credentials()
         self._sock, self.pid, self._pidfd = _start_process()
-        reactor.register(self._sock.fileno(), select.EPOLLIN, self._on_readable)
-        reactor.register(self._pidfd, select.EPOLLIN, self._on_process_exit)
+        try:
+            reactor.register(self._sock.fileno(), select.EPOLLIN, self._on_readable)
+            reactor.register(self._pidfd, select.EPOLLIN, self._on_process_exit)
+        except BaseException:
+            # Interrupted (a KeyboardInterrupt). Once its pidfd is watched, even if the
+            # exception came right after, the reactor reaps it; before, it is ended here.
+            if not reactor.watches(self._pidfd):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                os.close(self._pidfd)
+            reactor.call_soon(self._gone)  # its socket: closed by the thread that may watch it
+            raise
 
     def start_agent(self, token: int, session_fd: int, *, block: bool = True) -> None:
         """Ask for an agent serving `session_fd`. Raises `LauncherGone` if it is dead.
@@ -187,32 +200,44 @@ def _start_process() -> tuple[socket.socket, int, int]:
     # Above fd 3, so the DUP2 below always makes a fresh, inheritable fd 3.
     theirs = _fds.duplicate_socket(pair_end, 10)
     pair_end.close()
+    spawn = functools.partial(
+        os.posix_spawn,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+        ],
+        setsigmask=(),
+        setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
+    )
+    pids: list[int] = []
     try:
-        pid = os.posix_spawn(
-            agent_path(),
-            ["linx-agent", "--launcher"],
-            dict(live_environment()),  # one C call: see live_environment
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-            ],
-            setsigmask=(),
-            setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
-        )
-    except BaseException:
-        ours.close()
-        raise
-    finally:
+        path, environment = agent_path(), dict(live_environment())  # one C call: see there
+        # extend(map(...)): the pid goes from posix_spawn into the list with no bytecode run
+        # in between, where a signal handler's exception (a KeyboardInterrupt) would lose
+        # it, and the launcher with it: unreaped, a zombie for the life of this process.
+        pids.extend(map(spawn, (path,), (["linx-agent", "--launcher"],), (environment,)))
         theirs.close()
-    ours.setblocking(False)
-    try:
-        pidfd = _fds.new(lambda: os.pidfd_open(pid))
-    except OSError as exc:
-        ours.close()  # the launcher exits at this EOF; reaped here, it is no zombie
+        ours.setblocking(False)
+        try:
+            pidfd = _fds.new(lambda: os.pidfd_open(pids[0]))
+        except OSError as exc:
+            raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
+    except BaseException:
+        theirs.close()
+        if pids:
+            _stop_process(ours, pids[0])
+        else:
+            ours.close()
+        raise
+    return ours, pids[0], pidfd
+
+
+def _stop_process(sock: socket.socket, pid: int) -> None:
+    """End a launcher that is not watched yet: it exits at the EOF, and is reaped here."""
+    sock.close()
+    with contextlib.suppress(ChildProcessError):  # the application reaped it (waitpid(-1))
         os.waitpid(pid, 0)
-        raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
-    return ours, pid, pidfd
 
 
 def _wait_writable(sock: socket.socket) -> None:

@@ -55,6 +55,10 @@ class Reactor:
         self._handlers[fd] = handler
         self._epoll.register(fd, mask)
 
+    def watches(self, fd: int) -> bool:
+        """Whether `fd` is registered (its handler is stored before epoll is asked)."""
+        return fd in self._handlers
+
     def modify(self, fd: int, mask: int) -> None:
         self._epoll.modify(fd, mask)
 
