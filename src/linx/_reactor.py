@@ -29,13 +29,40 @@ Handler = Callable[[int], None]
 READ_SIZE = 1 << 18
 
 
+def _eventfd() -> int:
+    return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+
 class Reactor:
     """An epoll loop in a daemon thread named `linx-reactor`."""
 
     def __init__(self) -> None:
         self._epoll = _fds.epoll()
-        self._wake_fd = _fds.new(lambda: os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK))
-        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        wake: list[int] = []
+        try:
+            # extend(map(...)): no bytecode between the eventfd and the list that closes
+            # it should what follows fail (a KeyboardInterrupt in the first spawn)
+            wake.extend(map(_fds.new, (_eventfd,)))
+            self._wake_fd = wake[0]
+            self._epoll.register(self._wake_fd, select.EPOLLIN)
+            self._prepare()
+        except BaseException:
+            self._epoll.close()
+            collections.deque(map(os.close, wake), maxlen=0)
+            raise
+        self._stopping = False
+        try:
+            self._thread.start()
+        except BaseException:
+            # Interrupted as start() waited for the thread, which runs all the same: with
+            # no Runtime to hold this reactor it would wait for ever on its fds. It ends.
+            self._stopping = True
+            os.eventfd_write(self._wake_fd, 1)
+            raise
+        self._ident = self._thread.ident  # known once start() returns
+
+    def _prepare(self) -> None:
+        """Everything but the fds, up to the thread (not started yet)."""
         self._handlers: dict[int, Handler] = {}
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -45,8 +72,6 @@ class Reactor:
         # 256 KiB bytes per recv() costs an mmap, an mremap and a munmap each time.
         self._recv_buffer = memoryview(bytearray(READ_SIZE))
         self._thread = threading.Thread(target=self._run, name="linx-reactor", daemon=True)
-        self._thread.start()
-        self._ident = self._thread.ident  # known once start() returns
 
     # --- any thread ------------------------------------------------------------------
 
@@ -98,7 +123,7 @@ class Reactor:
             self._epoll.unregister(fd)
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 events = self._epoll.poll(self._next_timeout())
             except InterruptedError:
@@ -119,6 +144,8 @@ class Reactor:
                 self._run_due_timers()
             while self._calls:
                 self._guarded(self._calls.popleft())
+        os.close(self._wake_fd)  # its start was interrupted: nothing else has these fds
+        self._epoll.close()
 
     def _drain_wake(self) -> None:
         try:

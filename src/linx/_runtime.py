@@ -58,7 +58,6 @@ class Sent(NamedTuple):
 
 class Runtime:
     def __init__(self) -> None:
-        self.reactor = Reactor()
         self._lock = threading.Lock()
         self._launcher: Launcher | None = None
         self._tokens = itertools.count(1)
@@ -74,6 +73,9 @@ class Runtime:
         # than ask the launcher itself: that would put a fork on its own path.
         self._refilling = False
         self._refilled = threading.Condition(self._lock)
+        # Last: its thread runs from here on, and an exception in what comes before it (a
+        # KeyboardInterrupt in the first spawn) would leave that thread with nobody to use it.
+        self.reactor = Reactor()
 
     def send(self, plan: SpawnPlan) -> Sent:
         """Send `plan`'s request to an agent; closes `plan`'s fds once they are sent.

@@ -806,3 +806,38 @@ def test_a_keyboard_interrupt_in_spawn_leaves_no_entry_in_the_agent_table(
     assert runtime._agents == before
     # and linx goes on working
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
+
+
+INTERRUPTED_REACTOR_START = """
+import os, threading, time
+import linx
+
+before = sorted(os.listdir("/proc/self/fd"))
+start = threading.Thread.start
+
+def interrupted(self):
+    start(self)  # the thread runs
+    raise KeyboardInterrupt  # as if it came while start() waited for that
+
+threading.Thread.start = interrupted
+try:
+    linx.spawn(["/bin/true"], auto_proceed=True)
+except KeyboardInterrupt:
+    print("interrupted")
+threading.Thread.start = start
+deadline = time.monotonic() + 10
+while threading.active_count() > 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(threading.active_count(), sorted(os.listdir("/proc/self/fd")) == before)
+print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+"""
+
+
+def test_a_keyboard_interrupt_while_the_reactor_thread_starts_leaves_no_thread_or_fd() -> None:
+    # Ctrl-C in the first spawn() of a process as the reactor's thread started (start()
+    # waits for it; 34 of 109 first spawns interrupted at random): the runtime was never
+    # made, but its reactor thread ran on for good, holding an epoll fd and an eventfd,
+    # and the next spawn made a second one.
+    result = run_python(INTERRUPTED_REACTOR_START)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["interrupted", "1 True", "Exited(code=0)"]
