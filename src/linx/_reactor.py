@@ -53,6 +53,12 @@ class Reactor:
         self._stopping = False
         try:
             self._thread.start()
+        except RuntimeError:
+            # No thread was made ("can't start new thread": a pids limit, RLIMIT_NPROC),
+            # and nothing else has these fds: each spawn refused so would leak one more.
+            self._epoll.close()
+            os.close(self._wake_fd)
+            raise
         except BaseException:
             # Interrupted as start() waited for the thread, which runs all the same: with
             # no Runtime to hold this reactor it would wait for ever on its fds. It ends.

@@ -416,6 +416,47 @@ def test_a_pids_limit_makes_clone_and_fork_fail_as_process_errors_and_spawns_rec
         group.rmdir()
 
 
+
+def test_a_spawn_refused_its_reactor_thread_leaves_no_fd_and_the_next_one_runs() -> None:
+    # A pids limit reached before a process's first spawn: the reactor's thread cannot
+    # start (RuntimeError "can't start new thread"), and each such spawn left its eventfd
+    # open, and its epoll fd until the garbage collector came.
+    group = _pids_hierarchy() / f"linx-test-thread-{os.getpid()}"
+    group.mkdir()
+    try:
+        result = run_python(
+            """
+            import json, os, pathlib, linx
+            group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+            before = sorted(os.listdir("/proc/self/fd"))
+            (group / "pids.max").write_text((group / "pids.current").read_text())
+            refused = []
+            for _ in range(3):
+                try:
+                    linx.spawn(["/bin/true"], auto_proceed=True)
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+            left = sorted(os.listdir("/proc/self/fd")) == before
+            (group / "pids.max").write_text("max")
+            after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
+            print(json.dumps([refused, left, repr(after.wait(timeout=20))]))
+            """,
+            env={"LINX_TEST_GROUP": str(group)},
+        )
+        assert result.returncode == 0, result.stderr
+        refused, left, after = json.loads(result.stdout.splitlines()[-1])
+        assert len(refused) == 3, refused  # RuntimeError: can't start new thread
+        assert left, "a refused reactor thread left fds open"
+        assert after == "Exited(code=3)"
+    finally:
+        procs = group / "cgroup.procs"
+        if not wait_until(lambda: procs.read_text() == "", 20):
+            for pid in procs.read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            wait_until(lambda: procs.read_text() == "")
+        group.rmdir()
+
 INTERRUPTED_LAUNCHER_START = """
 import gc, os, time
 import linx, linx._fds, linx._reactor
