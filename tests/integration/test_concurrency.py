@@ -313,13 +313,16 @@ def test_a_keyboard_interrupt_in_proceed_never_leaves_the_child_parked_for_good(
     assert session.wait(timeout=10) == linx.Exited(0)
 
 
+# The end marker is the next real-time signal: sigwaitinfo takes the lowest-numbered
+# pending signal first, so it comes after every `rt` still queued (a SIGUSR2, numbered
+# below them, overtook those the workload had not taken yet, and they went uncounted).
 RT_SIGNAL_COUNTER = """
 import os, signal
-rt = signal.SIGRTMIN + 1
-signal.pthread_sigmask(signal.SIG_BLOCK, {rt, signal.SIGUSR2})
+rt, end = signal.SIGRTMIN + 1, signal.SIGRTMIN + 2
+signal.pthread_sigmask(signal.SIG_BLOCK, {rt, end})
 os.write(1, b"r")
 count = 0
-while signal.sigwaitinfo({rt, signal.SIGUSR2}).si_signo == rt:
+while signal.sigwaitinfo({rt, end}).si_signo == rt:
     count += 1
 os.write(1, str(count).encode())
 """
@@ -368,7 +371,7 @@ def test_a_keyboard_interrupt_in_signal_never_sends_the_signal_twice() -> None:
             armed.release()
             interrupter.join()
             signal.signal(signal.SIGINT, previous)
-        session.signal(signal.SIGUSR2)
+        session.signal(signal.SIGRTMIN + 2)  # the end marker
         received = int(output.read())
         assert session.wait(timeout=10) == linx.Exited(0)
     # each interrupted call sent its signal once, or not at all
