@@ -84,7 +84,15 @@ class Reactor:
     def register(self, fd: int, mask: int, handler: Handler) -> None:
         """Watch `fd`; `handler(events)` runs in the reactor thread (spurious wakes happen)."""
         self._handlers[fd] = handler
-        self._epoll.register(fd, mask)
+        try:
+            self._epoll.register(fd, mask)
+        except OSError:
+            # Refused (ENOSPC past fs.epoll.max_user_watches, ENOMEM): kept, the handler
+            # would have `watches` say yes, and a launcher whose pidfd was refused would be
+            # neither ended at once nor ever reaped. Only OSError: anything else (a signal
+            # handler's, as register returns) may come with the fd watched.
+            del self._handlers[fd]
+            raise
 
     def watches(self, fd: int) -> bool:
         """Whether `fd` is registered (its handler is stored before epoll is asked)."""

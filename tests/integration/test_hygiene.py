@@ -841,3 +841,14 @@ def test_a_keyboard_interrupt_while_the_reactor_thread_starts_leaves_no_thread_o
     result = run_python(INTERRUPTED_REACTOR_START)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["interrupted", "1 True", "Exited(code=0)"]
+
+
+def test_an_fd_that_epoll_refuses_is_not_taken_for_watched(tmp_path: Path) -> None:
+    # epoll refuses a regular file (EPERM), as it refuses any fd past
+    # fs.epoll.max_user_watches (ENOSPC): the handler stayed stored, so `watches` said yes,
+    # and a launcher whose pidfd was refused was neither ended at once nor ever reaped.
+    reactor = get_runtime().reactor
+    with (tmp_path / "plain").open("wb") as plain:
+        with pytest.raises(PermissionError):
+            reactor.register(plain.fileno(), 1, lambda events: None)
+        assert not reactor.watches(plain.fileno())
