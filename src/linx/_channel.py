@@ -123,6 +123,18 @@ class Channel:
             self._reactor.register(sock.fileno(), select.EPOLLIN, self._on_ready)
             self._send_queued()
 
+    def give_up(self) -> bool:
+        """`attach` failed part way (a KeyboardInterrupt in it): once it has taken the socket
+        the socket may be watched, so the reactor thread closes it, with what is queued (and
+        the fds waiting in that, through `done`), and the agent applies its orphan policy at
+        the EOF. Returns False if `attach` never took the socket: it is the caller's still."""
+        with self._lock:
+            if self._sock is None:
+                return False
+            self.closed = True  # a session dropped meanwhile asks nothing of the agent
+        self._reactor.call_soon(self._release)
+        return True
+
     # --- verbs (any thread) ----------------------------------------------------------------
 
     def send(self, make: Callable[[SessionState], _wire.Message | None]) -> None:

@@ -124,7 +124,10 @@ class Runtime:
             channel.launcher = agent.launcher
             channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
         except BaseException:
-            self.abandon(agent, sent.plan)
+            # Closed here, a socket the reactor watches would keep its handler, and with it
+            # the channel and the caller's owner, for the life of the process.
+            if not channel.give_up():
+                self.abandon(agent, sent.plan)
             raise
         if told is not None:
             self.reactor.call_soon(lambda: told(channel))

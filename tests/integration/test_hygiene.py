@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import os
 import signal
 import subprocess
@@ -852,3 +853,35 @@ def test_an_fd_that_epoll_refuses_is_not_taken_for_watched(tmp_path: Path) -> No
         with pytest.raises(PermissionError):
             reactor.register(plain.fileno(), 1, lambda events: None)
         assert not reactor.watches(plain.fileno())
+
+
+def test_a_keyboard_interrupt_as_spawn_sends_a_large_requests_rest_frees_its_channel(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A request too big for the socket is finished by the channel once it has the socket,
+    # which the reactor then watches. A Ctrl-C there had spawn() close that socket itself:
+    # the reactor kept its handler, and with it the channel and the caller's owner, for the
+    # life of the process, and logged EBADF tracebacks as the channel wrote on.
+    import linx._channel
+
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    owner = _Owner()
+    ref = weakref.ref(owner)
+    flush = linx._channel.Channel._flush
+    calls: list[int] = []
+
+    def interrupted_once(channel: linx._channel.Channel) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # where a SIGINT's handler raises at the call
+        flush(channel)
+
+    monkeypatch.setattr(linx._channel.Channel, "_flush", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        linx.spawn(["/bin/true", "x" * (4 << 20)], auto_proceed=True, owner=owner)
+    monkeypatch.undo()
+    del owner
+    # the channel holds the owner: a reactor handler left for it would keep both
+    assert wait_until(lambda: gc.collect() >= 0 and ref() is None, 10), "the owner is kept"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
