@@ -492,9 +492,8 @@ def _check_stdio(stdio: object) -> dict[str, StdioValue]:
         raise TypeError(f"stdio must be a str or a dict, not {stdio!r}")
     unknown = set(stdio) - set(_STDIO_NAMES)
     if unknown:
-        raise ValueError(
-            f"stdio: unknown keys {sorted(map(repr, unknown))}; use stdin/stdout/stderr"
-        )
+        names = ", ".join(sorted(map(repr, unknown)))  # by repr: the keys may be of any type
+        raise ValueError(f"stdio: unknown keys {names}; use stdin/stdout/stderr")
     return {name: _check_stdio_value(name, stdio.get(name, "inherit")) for name in _STDIO_NAMES}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import linx
 from tests.conftest import run_python
 
 # (case, option named in the message, expected exception, bad value, call using `v`).
@@ -354,3 +355,10 @@ def test_bad_signal_number_raises_naming_the_value(
 def test_bad_signal_numbers_leave_the_session_usable(report: dict[str, Any]) -> None:
     assert report["stage_after_ready_signals"] == "ready"
     assert report["outcome"] == "Signaled(signum=15)"
+
+
+def test_unknown_stdio_keys_are_named_once_each_and_quoted_once() -> None:
+    with pytest.raises(ValueError) as raised:
+        stdio: Any = {"out": 1, 2: "devnull", "stdout": "inherit"}  # a key of another type too
+        linx.spawn(["/bin/true"], stdio=stdio)
+    assert str(raised.value) == "stdio: unknown keys 'out', 2; use stdin/stdout/stderr"
