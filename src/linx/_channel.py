@@ -25,7 +25,7 @@ from ._reactor import Reactor
 from ._settled import Settled
 from ._state import Info, SessionState, exit_reason
 from ._types import ExitReason
-from .errors import NoProcess, ProcessError
+from .errors import NoProcess, ProcessError, SessionError
 from .events import Event, Outcome
 
 log = logging.getLogger("linx")
@@ -77,7 +77,10 @@ class Channel:
         owner_outlives: bool,
     ) -> None:
         self._reactor = reactor
-        self._lock = threading.Lock()
+        # Reentrant only so that a verb can tell it was called by a signal handler that
+        # interrupted this very thread inside a locked section (see _interrupted_here):
+        # nothing ever takes it twice.
+        self._lock = threading.RLock()
         self.state = state
         self._deliver = deliver
         self._session_ref = weakref.ref(session)
@@ -137,8 +140,36 @@ class Channel:
 
     # --- verbs (any thread) ----------------------------------------------------------------
 
+    def _interrupted_here(self) -> bool:
+        """Whether this thread holds the lock already. Nothing takes it twice, so it can
+        only be a Python signal handler run in the middle of one of this channel's locked
+        sections (handlers run in the main thread, between any two bytecodes): waiting for
+        the lock there would wait for ever, on the very call the handler interrupted."""
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+    def _refuse_if_interrupted_here(self, verb: str) -> None:
+        if self._interrupted_here():
+            raise RuntimeError(
+                f"linx: {verb}() called by a signal handler that interrupted another call on "
+                "the same session, which it would wait for for ever; leave the work to the "
+                "main loop (a flag, signal.set_wakeup_fd, or asyncio's add_signal_handler)"
+            )
+
+    def _send_later(self, make: Callable[[SessionState], _wire.Message | None]) -> None:
+        try:
+            self.send(make)
+        except SessionError as exc:
+            log.warning("linx: a verb called from a signal handler failed: %s", exc)
+
     def send(self, make: Callable[[SessionState], _wire.Message | None]) -> None:
-        """Run a verb of the state machine under the lock and write what it returns."""
+        """Run a verb of the state machine under the lock and write what it returns.
+
+        From a signal handler that interrupted a call on this session, the verb is left to
+        the reactor thread, to run once that call is out of its locked section; what it
+        raises then is logged."""
+        if self._interrupted_here():
+            self._reactor.call_soon(lambda: self._send_later(make))
+            return
         with self._lock:
             if self.closed:
                 raise NoProcess("the session is closed")
@@ -154,6 +185,7 @@ class Channel:
         """The outcome, once set. In the reactor thread (an owner calling `wait()`) it is
         taken from the state machine once known (on the terminal event at the latest) and
         never waited for: the reactor thread is the one that would set it."""
+        self._refuse_if_interrupted_here("wait")
         if not self._reactor.in_reactor_thread():
             return self.outcome.wait(timeout)
         with self._lock:
@@ -167,6 +199,7 @@ class Channel:
         return result
 
     def info(self) -> Info:
+        self._refuse_if_interrupted_here("info")
         with self._lock:
             if self.closed:
                 raise NoProcess("the session is closed")
@@ -174,6 +207,7 @@ class Channel:
 
     def set_deliver(self, deliver: Deliver) -> None:
         """Deliver to an owner of the caller's from now on."""
+        self._refuse_if_interrupted_here("set_owner")
         with self._lock:
             if self.closed:
                 raise NoProcess("the session is closed")
@@ -187,6 +221,7 @@ class Channel:
         SIGKILL is sent in every case, since the agent buffers it until `Running` should
         the child be past the checkpoint already.
         """
+        self._refuse_if_interrupted_here("close")
         with self._lock:
             if self.closed:
                 return False
@@ -292,7 +327,7 @@ class Channel:
 
     def forget_in_child(self) -> None:
         """In a forked child: this channel belongs to the parent. Takes no lock (see caller)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.closed = True
         if self._sock is not None:
             self._sock.close()

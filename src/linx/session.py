@@ -13,6 +13,12 @@ method is thread-safe. What happens in each corner:
   waiting. An owner given to `spawn()` or `set_owner()` still gets the terminal event; the
   default queue goes with the session.
 - If this Python process dies, even by SIGKILL, the same orphan policy applies.
+- A Python signal handler runs in the main thread between any two bytecodes, so it may
+  interrupt a call on the very session it wants to use. `proceed()`, `abort()` and
+  `signal()` from such a handler are carried out right after that call (what they raise
+  then is logged); `info()`, `wait()`, `close()` and `set_owner()` raise `RuntimeError`,
+  since they would wait for ever on the call they interrupted. Forwarding a signal with
+  `signal.signal(SIGTERM, lambda n, f: session.signal(n))` is safe.
 """
 
 from __future__ import annotations

@@ -376,3 +376,50 @@ def test_a_keyboard_interrupt_in_signal_never_sends_the_signal_twice() -> None:
         assert session.wait(timeout=10) == linx.Exited(0)
     # each interrupted call sent its signal once, or not at all
     assert returned <= received <= returned + interrupted
+
+
+SIGNAL_HANDLER_PROGRAM = """
+import signal, sys, linx
+session = linx.spawn(["/bin/sleep", "30"], auto_proceed=True)
+seen = []
+
+def forward(signum, frame):
+    try:
+        seen.append(getattr(session, sys.argv[1])(*eval(sys.argv[2])))
+    except RuntimeError as exc:
+        seen.append(exc)
+
+signal.signal(signal.SIGUSR1, forward)
+# As a Python handler lands in the main thread between two bytecodes: here, inside a
+# locked section of the session's own (what info() or signal() would be running).
+with session._channel._lock:
+    signal.raise_signal(signal.SIGUSR1)
+print(repr(seen[0]))
+outcome = session.wait(timeout=20) if sys.argv[1] == "signal" else session.close()
+print(outcome)
+"""
+
+
+def test_a_verb_from_a_signal_handler_that_interrupted_a_call_on_the_session_runs_after_it() -> (
+    None
+):
+    # The supervisor's pattern: SIGTERM forwarded by a handler while the main thread polls
+    # info(). The handler found the session's lock held by the call it interrupted, in its
+    # own thread, and waited for it for ever.
+    code = SIGNAL_HANDLER_PROGRAM.replace("sys.argv[1]", "'signal'").replace(
+        "eval(sys.argv[2])", "(signal.SIGTERM,)"
+    )
+    done = run_python(code, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "Signaled(signum=15)"]
+
+
+@pytest.mark.parametrize("verb", ["info", "close", "wait"])
+def test_a_blocking_call_from_such_a_signal_handler_raises_instead_of_hanging(verb: str) -> None:
+    code = SIGNAL_HANDLER_PROGRAM.replace("sys.argv[1]", repr(verb)).replace(
+        "eval(sys.argv[2])", "()"
+    )
+    done = run_python(code, timeout=30)
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("RuntimeError(") and f"{verb}() called by a signal handler" in first
