@@ -211,6 +211,11 @@ class Session:
         `Running` when a signal reaches it, though this process has not seen `Running`
         yet; such a signal is delivered at once. Raises `NoProcess` once the session has
         ended.
+
+        It goes to the workload alone, not to processes it started. In a new pid namespace
+        the workload is that namespace's init, and the kernel drops every signal it has
+        no handler for (SIGKILL from outside excepted): a plain `sleep` ignores SIGTERM
+        there.
         """
         number = _options.validate_signal(signum)
         self._channel.send(lambda state: state.signal(number))
@@ -392,6 +397,9 @@ def spawn(
     - `orphan_policy`: what happens to a running workload when the session is dropped or
       this process dies: `("kill", seconds)` (SIGTERM, then SIGKILL after that grace;
       the default is 5 s) or "linger" (it runs on). A parked child is always discarded.
+      Like `close()`, it signals the workload alone: what the workload started outlives
+      it, unless it runs in a new pid namespace ("pid"), whose other processes the
+      kernel kills when its init, the workload, ends.
     - `hostname`: set in the new UTS namespace (needs "uts").
     - `uid_map`/`gid_map`: `(inside, outside, count)` lines, written before `Ready`
       (need "user"); at most 340, no two sharing an id on either side, as the kernel
