@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable
 
 FIRST_FREE = 3  # the lowest fd linx may hold
+_DUPFD, _ABOVE_STDIO = (fcntl.F_DUPFD_CLOEXEC,), (FIRST_FREE,)  # fcntl's arguments, for map
 # Reentrant for one caller only: a fork from a signal handler that interrupted this very
 # thread while it held the lock (in `duplicate`, say) takes it in `_before_fork`.
 _placing = threading.RLock()
@@ -37,10 +38,24 @@ _sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # see the module's
 _copies: set[int] = set()  # what `duplicate` made and `close_copies` has not closed yet
 
 
-def new(make: Callable[[], int]) -> int:
-    """The fd `make()` creates, at 3 or above."""
-    with _placing:
-        return _lifted(make())
+def new(make: Callable[..., int], *args: object) -> int:
+    """The fd `make(*args)` creates, at 3 or above.
+
+    `make` is a C function (`os.eventfd`, `os.pidfd_open`): called through map, its fd goes
+    into a list with no bytecode in between, where a signal handler's exception (a
+    KeyboardInterrupt) would lose it. The return, after the lock is let go, runs none.
+    """
+    made: list[int] = []
+    try:
+        with _placing:
+            made.extend(map(make, *[(arg,) for arg in args]))
+            if made[0] < FIRST_FREE:
+                made.extend(map(fcntl.fcntl, made[:1], _DUPFD, _ABOVE_STDIO))
+                any(map(os.close, map(made.pop, (0,))))  # the low one, out and closed in C
+    except BaseException:
+        any(map(os.close, made))
+        raise
+    return made[0]
 
 
 def duplicate(fd: int, into: list[int]) -> None:
@@ -49,22 +64,24 @@ def duplicate(fd: int, into: list[int]) -> None:
     that a later step still means to read as closed."""
     with _placing:
         # One window is left where a signal handler's exception (a KeyboardInterrupt) would
-        # lose the copy: the eval-breaker check as fcntl returns. Closing it costs about a
-        # µs a copy (extend(map(...))), on every spawn's path, for that one instruction.
+        # lose the copy: the eval-breaker check as fcntl returns. Closing it (extend(map(...)))
+        # costs about 0.35 µs a copy, on every spawn's path, for that one instruction.
         into.append(_copy_up(fd))
         _copies.add(into[-1])
 
 
 def close_copies(fds: list[int]) -> None:
-    """Close `fds`, copies made by `duplicate`, and empty the list (in place, first: an
-    exception in the middle, a KeyboardInterrupt, may leak one but never closes one twice)."""
+    """Close `fds`, copies made by `duplicate`, and empty the list (in place: an exception
+    before it is emptied, a KeyboardInterrupt, leaves them to the holder; none is closed
+    twice)."""
     with _placing:  # the fork's view of `_copies` is never of an fd closed but still kept
-        closing = fds[:]
-        del fds[:]  # not fds.clear(): a call, after which a signal handler may raise
-        _copies.difference_update(closing)
-        # map, consumed in C (os.close returns None): no bytecode runs between two closes,
-        # so no signal handler can stop it halfway
-        any(map(os.close, closing))
+        _copies.difference_update(fds)
+        # The map is made while `fds` still holds them, and consumed in C: no call, after
+        # which a signal handler's exception (a KeyboardInterrupt) may raise, comes between
+        # emptying the list and closing what it held, nor between two closes.
+        closing = map(os.close, fds[:])
+        del fds[:]  # not fds.clear(): a call
+        any(closing)
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:

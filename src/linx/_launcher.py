@@ -220,7 +220,7 @@ def _start_process() -> tuple[socket.socket, int, int]:
         theirs.close()
         ours.setblocking(False)
         try:
-            pidfd = _fds.new(lambda: os.pidfd_open(pids[0]))
+            pidfd = _fds.new(os.pidfd_open, pids[0])
         except OSError as exc:
             raise OSError(exc.errno, f"linx: pidfd_open of the launcher failed: {exc}") from exc
     except BaseException:

@@ -29,10 +29,6 @@ Handler = Callable[[int], None]
 READ_SIZE = 1 << 18
 
 
-def _eventfd() -> int:
-    return os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-
-
 class Reactor:
     """An epoll loop in a daemon thread named `linx-reactor`."""
 
@@ -41,8 +37,10 @@ class Reactor:
         wake: list[int] = []
         try:
             # extend(map(...)): no bytecode between the eventfd and the list that closes
-            # it should what follows fail (a KeyboardInterrupt in the first spawn)
-            wake.extend(map(_fds.new, (_eventfd,)))
+            # it should what follows fail (a KeyboardInterrupt in the first spawn); none
+            # in _fds.new either
+            flags = os.EFD_CLOEXEC | os.EFD_NONBLOCK
+            wake.extend(map(_fds.new, (os.eventfd,), (0,), (flags,)))
             self._wake_fd = wake[0]
             self._epoll.register(self._wake_fd, select.EPOLLIN)
             self._prepare()
