@@ -109,28 +109,34 @@ class Runtime:
             raise
 
     def attach(self, channel: Channel, sent: Sent) -> None:
-        """Hand a sent request's socket and unsent rest to `channel` and the reactor."""
+        """Hand a sent request's socket and unsent rest to `channel` and the reactor.
+
+        Should it raise, the caller calls `undo_attach`: an exception raised as this is
+        entered (a KeyboardInterrupt) would come before any handler of its own."""
         agent = sent.agent
-        try:
-            with self._lock:
-                told = sent.entry.told
-                if told is None:
-                    self._agents[agent.token] = channel
-                self._channels.add(channel)
-            # An agent that ends cleanly after its terminal frame is not reported by the
-            # launcher (protocol.md): the terminal frame is where the entry goes.
-            channel.on_terminal = lambda: self._forget(agent.token)
-            channel.on_started = self._refill_soon
-            channel.launcher = agent.launcher
-            channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
-        except BaseException:
-            # Closed here, a socket the reactor watches would keep its handler, and with it
-            # the channel and the caller's owner, for the life of the process.
-            if not channel.give_up():
-                self.abandon(agent, sent.plan)
-            raise
+        with self._lock:
+            told = sent.entry.told
+            if told is None:
+                self._agents[agent.token] = channel
+            self._channels.add(channel)
+        # An agent that ends cleanly after its terminal frame is not reported by the
+        # launcher (protocol.md): the terminal frame is where the entry goes.
+        channel.on_terminal = lambda: self._forget(agent.token)
+        channel.on_started = self._refill_soon
+        channel.launcher = agent.launcher
+        channel.attach(agent.sock, sent.rest, sent.fds, sent.plan.close_fds)
         if told is not None:
             self.reactor.call_soon(lambda: told(channel))
+
+    def undo_attach(self, channel: Channel, sent: Sent) -> None:
+        """Give up a request whose `attach` raised, wherever it stopped: the agent sees EOF
+        and applies its orphan policy."""
+        self._forget(sent.agent.token)
+        # Once the channel has the socket the reactor may watch it, and only the reactor
+        # thread closes it (with the fds still queued), or epoll would watch whatever file
+        # gets its number next, and keep the channel and its owner for good.
+        if not channel.give_up():
+            self.abandon(sent.agent, sent.plan)
 
     def abandon(self, agent: Agent, plan: SpawnPlan) -> None:
         """Give up a request sent to `agent`: it sees EOF and applies its orphan policy."""

@@ -94,7 +94,7 @@ class Session:
                 pty=pty,
                 session=weakref.ref(session if front is None else front),
             )
-            session._channel = Channel(
+            session._channel = channel = Channel(
                 runtime.reactor,
                 state,
                 deliver,
@@ -108,7 +108,11 @@ class Session:
         except BaseException:
             runtime.abandon(sent.agent, plan)
             raise
-        runtime.attach(session._channel, sent)
+        try:
+            runtime.attach(channel, sent)
+        except BaseException:
+            runtime.undo_attach(channel, sent)
+            raise
         return session
 
     def _take_owner(self, owner: Any, default_owner: Any) -> Deliver:

@@ -955,3 +955,59 @@ def test_a_keyboard_interrupt_as_a_spawn_makes_or_closes_an_fd_leaks_none(where:
     result = run_python(INTERRUPTED_AS_AN_FD_IS_MADE, env={"INTERRUPTED_AT": where})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["interrupted", "[]"]
+
+
+INTERRUPTED_ATTACH = """
+import gc, os, sys, time
+import linx
+from linx._runtime import get_runtime
+
+runtime = get_runtime()
+linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)  # a spare, as most spawns
+where = os.environ["INTERRUPTED_AT"]
+watched = []
+
+def interrupt(frame, event, arg):
+    if where == "entering" and event == "call" and frame.f_code.co_name == "attach":
+        due = frame.f_globals["__name__"] == "linx._runtime"
+    elif where == "registered" and event == "c_return" and frame.f_code.co_name == "register":
+        due = frame.f_back.f_code.co_name == "attach"  # the session socket, from Channel
+        watched.extend([frame.f_locals["fd"]] if due else [])
+    else:
+        due = False
+    if due:
+        sys.setprofile(None)
+        raise KeyboardInterrupt
+
+sys.setprofile(interrupt)
+try:
+    linx.spawn(["/bin/true"], auto_proceed=True)
+except KeyboardInterrupt:
+    print("interrupted")
+sys.setprofile(None)
+gc.collect()
+
+def left():
+    return [fd for fd in watched if runtime.reactor.watches(fd)], len(runtime._agents)
+
+deadline = time.monotonic() + 10
+while left() != ([], 0) and time.monotonic() < deadline:
+    time.sleep(0.05)
+    gc.collect()
+print(left())
+print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+"""
+
+
+@pytest.mark.parametrize("where", ["entering", "registered"])
+def test_a_keyboard_interrupt_as_a_spawn_attaches_its_channel_leaves_nothing_behind(
+    where: str,
+) -> None:
+    # Ctrl-C as Runtime.attach was entered (its handler not yet in force) left the agent's
+    # entry in the agent table for good. One once the channel had registered the session
+    # socket with the reactor closed that socket from the caller's thread, though only the
+    # reactor thread may close a registered fd: the reactor went on watching the number
+    # (its handler kept, for whatever file the number names next).
+    result = run_python(INTERRUPTED_ATTACH, env={"INTERRUPTED_AT": where})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["interrupted", "([], 0)", "Exited(code=0)"]
