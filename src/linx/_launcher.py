@@ -63,7 +63,8 @@ class Launcher:
     """One running launcher process and its channel.
 
     `on_exited(token, status)` and `on_failed(token, stage, errno)` run in the reactor thread;
-    `on_gone(launcher)` runs there once the channel ends.
+    `on_gone(launcher)` runs there once the channel ends. `adopt(launcher)`, a C function
+    (see `__init__`), stores it where its caller finds it.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Launcher:
         on_exited: Callable[[int, int], None],
         on_failed: Callable[[int, str, int], None],
         on_gone: Callable[[Launcher], None],
+        adopt: Callable[[Launcher], None],
     ) -> None:
         self._reactor = reactor
         self._on_exited = on_exited
@@ -98,6 +100,10 @@ class Launcher:
                 os.close(self._pidfd)
             reactor.call_soon(self._gone)  # its socket: closed by the thread that may watch it
             raise
+        # Stored here, not from what this returns: an exception as the call of the class
+        # returned (a KeyboardInterrupt) would lose a launcher the reactor watches, idle
+        # for the life of the process. No bytecode runs between a C `adopt` and its store.
+        adopt(self)
 
     def start_agent(self, token: int, session_fd: int, *, block: bool = True) -> None:
         """Ask for an agent serving `session_fd`. Raises `LauncherGone` if it is dead.

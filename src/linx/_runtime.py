@@ -7,6 +7,7 @@ own on first use; the parent's sessions are not affected (`os.register_at_fork`)
 from __future__ import annotations
 
 import array
+import functools
 import itertools
 import os
 import socket
@@ -251,9 +252,15 @@ class Runtime:
                 or not launcher.alive
                 or (credentials is not None and launcher.credentials != credentials)
             ):
-                current = self._launcher = Launcher(
-                    self.reactor, self._agent_exited, self._launch_failed, self._launcher_gone
+                Launcher(
+                    self.reactor,
+                    self._agent_exited,
+                    self._launch_failed,
+                    self._launcher_gone,
+                    functools.partial(setattr, self, "_launcher"),
                 )
+                current = self._launcher
+                assert current is not None  # stored by adopt
                 if launcher is not None and launcher.alive:
                     # Replaced for its credentials. Kept, it and its spare would let this
                     # process (say, a server that dropped root) start agents with the

@@ -610,3 +610,45 @@ def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running
     assert isinstance(failed, linx.Failed)
     assert_process_error(failed.error, "exec_outcome", errno.EIO)
     assert session.info().stage == "errored"
+
+
+INTERRUPTED_AS_THE_LAUNCHER_IS_STORED = """
+import os, sys
+import linx
+from linx._runtime import get_runtime
+
+def children():
+    with open(f"/proc/self/task/{os.getpid()}/children") as f:
+        return f.read().split()
+
+runtime = get_runtime()
+started = []
+
+def trace(frame, event, arg):
+    if event == "call":
+        frame.f_trace_opcodes = frame.f_code.co_name == "_current_launcher"
+    elif event == "return" and frame.f_code.co_qualname == "Launcher.__init__":
+        started.append(True)
+    elif event == "opcode" and frame.f_code.co_name == "_current_launcher" and started:
+        sys.settrace(None)
+        raise KeyboardInterrupt  # as the call of the class returned: a C call's return
+    return trace
+
+sys.settrace(trace)
+try:
+    linx.spawn(["/bin/true"], auto_proceed=True)
+except KeyboardInterrupt:
+    print("interrupted")
+sys.settrace(None)
+print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+print(children() == [str(runtime._launcher.pid)])
+"""
+
+
+def test_a_keyboard_interrupt_as_the_launcher_starts_leaves_no_idle_launcher() -> None:
+    # Ctrl-C in the first spawn() as Launcher(...) returned, before the runtime stored it:
+    # the reactor watched that launcher, so it ran on, never asked for an agent, for the
+    # life of the process, while the next spawn started a second one.
+    result = run_python(INTERRUPTED_AS_THE_LAUNCHER_IS_STORED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["interrupted", "Exited(code=0)", "True"]
