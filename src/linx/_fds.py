@@ -21,6 +21,7 @@ before it saw EOF.
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import os
 import select
@@ -34,7 +35,7 @@ _DUPFD, _ABOVE_STDIO = (fcntl.F_DUPFD_CLOEXEC,), (FIRST_FREE,)  # fcntl's argume
 # Reentrant for one caller only: a fork from a signal handler that interrupted this very
 # thread while it held the lock (in `duplicate`, say) takes it in `_before_fork`.
 _placing = threading.RLock()
-_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # see the module's doc
+_sockets: weakref.WeakSet[_socket.socket] = weakref.WeakSet()  # see the module's doc
 _copies: set[int] = set()  # what `duplicate` made and `close_copies` has not closed yet
 
 
@@ -98,12 +99,28 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
         return pair
 
 
-def duplicate_socket(sock: socket.socket, at_least: int) -> socket.socket:
+class Socket(_socket.socket):
+    """A socket made in C alone (`_socket.socket` has no `__init__` in Python, unlike
+    `socket.socket`), so that an fd can go into one with no bytecode in between, where a
+    signal handler's exception (a KeyboardInterrupt) would lose it; weakly referable, for
+    `_sockets`."""
+
+    __slots__ = ("__weakref__",)
+
+
+def duplicate_socket(sock: socket.socket, at_least: int) -> Socket:
     """A close-on-exec copy of `sock` at `at_least` or above, kept like the others."""
-    with _placing:
-        copy = socket.socket(fileno=fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, at_least))
-        _sockets.add(copy)
-        return copy
+    made: list[Socket] = []
+    try:
+        with _placing:
+            # from fcntl into the socket object, and that into the list, all in C
+            fd = map(fcntl.fcntl, (sock.fileno(),), _DUPFD, (at_least,))
+            made.extend(map(Socket, (socket.AF_UNIX,), (socket.SOCK_STREAM,), (0,), fd))
+            _sockets.add(made[0])
+    except BaseException:
+        any(map(Socket.close, made))
+        raise
+    return made[0]
 
 
 def epoll() -> select.epoll:

@@ -652,3 +652,54 @@ def test_a_keyboard_interrupt_as_the_launcher_starts_leaves_no_idle_launcher() -
     result = run_python(INTERRUPTED_AS_THE_LAUNCHER_IS_STORED)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["interrupted", "Exited(code=0)", "True"]
+
+
+INTERRUPTED_AS_THE_LAUNCHERS_END_IS_COPIED = """
+import gc, os, sys, time
+import linx
+from linx._runtime import get_runtime
+
+def sockets():
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                found.add(name)
+        except OSError:
+            pass
+    return found
+
+runtime = get_runtime()
+before = sockets()
+base = []
+
+def interrupt(frame, event, arg):
+    if frame.f_code.co_name != "duplicate_socket":
+        return
+    if event == "call":
+        base.append(sockets())
+    elif event == "c_return" and sockets() != base[0]:  # the first return once the copy exists
+        sys.setprofile(None)
+        raise KeyboardInterrupt
+
+sys.setprofile(interrupt)
+try:
+    linx.spawn(["/bin/true"], auto_proceed=True)
+except KeyboardInterrupt:
+    print("interrupted")
+sys.setprofile(None)
+deadline = time.monotonic() + 10  # the reactor thread closes what it may watch
+while sockets() - before and time.monotonic() < deadline:
+    time.sleep(0.05)
+    gc.collect()
+print(sorted(sockets() - before))
+"""
+
+
+def test_a_keyboard_interrupt_as_the_launchers_socket_end_is_copied_leaks_no_socket() -> None:
+    # Ctrl-C in the first spawn() as fcntl returned the copy of the launcher's end of its
+    # socket pair (made at fd 10 or above for the launcher's fd 3), or as socket.socket's
+    # __init__ was entered with it: the fd was lost, open for the life of the process.
+    result = run_python(INTERRUPTED_AS_THE_LAUNCHERS_END_IS_COPIED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["interrupted", "[]"]
