@@ -354,108 +354,108 @@ def _pids_hierarchy() -> Path:
     pytest.skip("no cgroup hierarchy with the pids controller")
 
 
-def test_a_pids_limit_makes_clone_and_fork_fail_as_process_errors_and_spawns_recover() -> None:
+@pytest.fixture
+def pids_group() -> Iterator[Path]:
+    """A pids cgroup of its own for a test's interpreter (it moves itself in), emptied and
+    removed afterwards: the launcher and agents leave once the interpreter has gone."""
+    group = _pids_hierarchy() / f"linx-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        yield group
+    finally:
+        procs = group / "cgroup.procs"
+        if not wait_until(lambda: procs.read_text() == "", 20):
+            for pid in procs.read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+            wait_until(lambda: procs.read_text() == "")
+        group.rmdir()
+
+
+def test_a_pids_limit_makes_clone_and_fork_fail_as_process_errors_and_spawns_recover(
+    pids_group: Path,
+) -> None:
     # A fresh interpreter in a cgroup of its own, so that its launcher and agents are in it
     # too. With one session running (its agent and workload hold their places), the limit
     # goes one below what is there: the spare agent cannot clone its child, and the
     # launcher, even once that agent has gone, cannot fork the next.
-    group = _pids_hierarchy() / f"linx-test-{os.getpid()}"
-    group.mkdir()
-    try:
-        result = run_python(
-            """
-            import json, os, pathlib, time, linx
-            group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
-            (group / "cgroup.procs").write_text(str(os.getpid()))
-            def ppid(pid):
-                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-                return int(stat.rsplit(")", 1)[1].split()[1])
-            def failure():
-                session = linx.spawn(["/bin/true"], auto_proceed=True)
-                try:
-                    session.wait(timeout=20)
-                except linx.ProcessError as exc:
-                    return [exc.stage, exc.errno]
-                finally:
-                    session.close()
-            held = linx.spawn(["/bin/sleep", "60"])
-            agent = ppid(held.events.get(timeout=20).host_pid)
-            launcher = ppid(agent)
-            children = pathlib.Path(f"/proc/{launcher}/task/{launcher}/children")
-            while len(children.read_text().split()) < 2:  # the spare, asked for by now
-                time.sleep(0.01)
-            current = int((group / "pids.current").read_text())
-            (group / "pids.max").write_text(str(current - 1))
-            refused = [failure(), failure()]
-            (group / "pids.max").write_text("max")
-            after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
-            print(json.dumps({"refused": refused, "after": repr(after.wait(timeout=20))}))
-            held.close()
-            """,
-            env={
-                "LINX_TEST_GROUP": str(group),
-                # LeakSanitizer's leak check at exit needs a task of its own, which the limit
-                # refuses the sanitizer build's agents (a "fatal error" report); the other
-                # sanitizers run on
-                "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0",
-            },
-        )
-        assert result.returncode == 0, result.stderr
-        report = json.loads(result.stdout.splitlines()[-1])
-        assert report == {
-            "refused": [["clone", errno.EAGAIN], ["fork", errno.EAGAIN]],
-            "after": "Exited(code=3)",
-        }
-    finally:
-        # the launcher and the agents leave once the interpreter has gone
-        procs = group / "cgroup.procs"
-        if not wait_until(lambda: procs.read_text() == "", 20):
-            for pid in procs.read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
-            wait_until(lambda: procs.read_text() == "")
-        group.rmdir()
+    result = run_python(
+        """
+        import json, os, pathlib, time, linx
+        group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        def ppid(pid):
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+            return int(stat.rsplit(")", 1)[1].split()[1])
+        def failure():
+            session = linx.spawn(["/bin/true"], auto_proceed=True)
+            try:
+                session.wait(timeout=20)
+            except linx.ProcessError as exc:
+                return [exc.stage, exc.errno]
+            finally:
+                session.close()
+        held = linx.spawn(["/bin/sleep", "60"])
+        agent = ppid(held.events.get(timeout=20).host_pid)
+        launcher = ppid(agent)
+        children = pathlib.Path(f"/proc/{launcher}/task/{launcher}/children")
+        while len(children.read_text().split()) < 2:  # the spare, asked for by now
+            time.sleep(0.01)
+        current = int((group / "pids.current").read_text())
+        (group / "pids.max").write_text(str(current - 1))
+        refused = [failure(), failure()]
+        (group / "pids.max").write_text("max")
+        after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
+        print(json.dumps({"refused": refused, "after": repr(after.wait(timeout=20))}))
+        held.close()
+        """,
+        env={
+            "LINX_TEST_GROUP": str(pids_group),
+            # LeakSanitizer's leak check at exit needs a task of its own, which the limit
+            # refuses the sanitizer build's agents (a "fatal error" report); the other
+            # sanitizers run on
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {
+        "refused": [["clone", errno.EAGAIN], ["fork", errno.EAGAIN]],
+        "after": "Exited(code=3)",
+    }
 
 
-
-def test_a_spawn_refused_its_reactor_thread_leaves_no_fd_and_the_next_one_runs() -> None:
+def test_a_spawn_refused_its_reactor_thread_leaves_no_fd_and_the_next_one_runs(
+    pids_group: Path,
+) -> None:
     # A pids limit reached before a process's first spawn: the reactor's thread cannot
     # start (RuntimeError "can't start new thread"), and each such spawn left its eventfd
     # open, and its epoll fd until the garbage collector came.
-    group = _pids_hierarchy() / f"linx-test-thread-{os.getpid()}"
-    group.mkdir()
-    try:
-        result = run_python(
-            """
-            import json, os, pathlib, linx
-            group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
-            (group / "cgroup.procs").write_text(str(os.getpid()))
-            before = sorted(os.listdir("/proc/self/fd"))
-            (group / "pids.max").write_text((group / "pids.current").read_text())
-            refused = []
-            for _ in range(3):
-                try:
-                    linx.spawn(["/bin/true"], auto_proceed=True)
-                except RuntimeError as exc:
-                    refused.append(str(exc))
-            left = sorted(os.listdir("/proc/self/fd")) == before
-            (group / "pids.max").write_text("max")
-            after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
-            print(json.dumps([refused, left, repr(after.wait(timeout=20))]))
-            """,
-            env={"LINX_TEST_GROUP": str(group)},
-        )
-        assert result.returncode == 0, result.stderr
-        refused, left, after = json.loads(result.stdout.splitlines()[-1])
-        assert len(refused) == 3, refused  # RuntimeError: can't start new thread
-        assert left, "a refused reactor thread left fds open"
-        assert after == "Exited(code=3)"
-    finally:
-        procs = group / "cgroup.procs"
-        if not wait_until(lambda: procs.read_text() == "", 20):
-            for pid in procs.read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
-            wait_until(lambda: procs.read_text() == "")
-        group.rmdir()
+    result = run_python(
+        """
+        import json, os, pathlib, linx
+        group = pathlib.Path(os.environ["LINX_TEST_GROUP"])
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        before = sorted(os.listdir("/proc/self/fd"))
+        (group / "pids.max").write_text((group / "pids.current").read_text())
+        refused = []
+        for _ in range(3):
+            try:
+                linx.spawn(["/bin/true"], auto_proceed=True)
+            except RuntimeError as exc:
+                refused.append(str(exc))
+        left = sorted(os.listdir("/proc/self/fd")) == before
+        (group / "pids.max").write_text("max")
+        after = linx.spawn(["/bin/sh", "-c", "exit 3"], auto_proceed=True)
+        print(json.dumps([refused, left, repr(after.wait(timeout=20))]))
+        """,
+        env={"LINX_TEST_GROUP": str(pids_group)},
+    )
+    assert result.returncode == 0, result.stderr
+    refused, left, after = json.loads(result.stdout.splitlines()[-1])
+    assert len(refused) == 3, refused  # RuntimeError: can't start new thread
+    assert left, "a refused reactor thread left fds open"
+    assert after == "Exited(code=3)"
+
 
 INTERRUPTED_LAUNCHER_START = """
 import gc, os, time
