@@ -59,9 +59,11 @@ class Reactor:
             raise
         except BaseException:
             # Interrupted as start() waited for the thread, which runs all the same: with
-            # no Runtime to hold this reactor it would wait for ever on its fds. It ends.
-            self._stopping = True
-            os.eventfd_write(self._wake_fd, 1)
+            # no Runtime to hold this reactor it would wait for ever on its fds. It ends,
+            # and closes them once this write is done (see _run).
+            with self._lock:
+                self._stopping = True
+                os.eventfd_write(self._wake_fd, 1)
             raise
         self._ident = self._thread.ident  # known once start() returns
 
@@ -156,8 +158,12 @@ class Reactor:
                 self._run_due_timers()
             while self._calls:
                 self._guarded(self._calls.popleft())
-        os.close(self._wake_fd)  # its start was interrupted: nothing else has these fds
-        self._epoll.close()
+        # Its start was interrupted: nothing else has these fds. Under the lock: the thread
+        # may see _stopping before the starting one has written its wake-up, which would
+        # then go to a closed fd (EBADF in place of the KeyboardInterrupt) or another file.
+        with self._lock:
+            os.close(self._wake_fd)
+            self._epoll.close()
 
     def _drain_wake(self) -> None:
         try:

@@ -844,6 +844,48 @@ def test_a_keyboard_interrupt_while_the_reactor_thread_starts_leaves_no_thread_o
     assert result.stdout.split("\n")[:3] == ["interrupted", "1 True", "Exited(code=0)"]
 
 
+SLOW_WAKE_AT_INTERRUPTED_REACTOR_START = """
+import _thread, os, sys, threading, time
+import linx
+
+before = sorted(os.listdir("/proc/self/fd"))
+write = os.eventfd_write
+os.eventfd_write = lambda fd, n: (time.sleep(0.2), write(fd, n))[1]
+
+def interrupt(frame, event, arg):
+    # as the reactor's thread is made, before start() waits for it: this thread keeps
+    # the GIL, so the new one runs only once the slow write sleeps
+    if event == "c_return" and arg is _thread.start_new_thread:
+        sys.setprofile(None)
+        raise KeyboardInterrupt
+
+sys.setprofile(interrupt)
+try:
+    linx.spawn(["/bin/true"], auto_proceed=True)
+except KeyboardInterrupt:
+    print("interrupted")
+sys.setprofile(None)
+os.eventfd_write = write
+deadline = time.monotonic() + 10
+while threading.active_count() > 1 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(threading.active_count(), sorted(os.listdir("/proc/self/fd")) == before)
+print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
+"""
+
+
+def test_an_interrupted_reactor_start_wakes_its_thread_before_the_thread_closes_its_fds() -> (
+    None
+):
+    # The thread, once it sees it is to stop, closes the reactor's fds; it could see that
+    # before the interrupted start had written its wake-up, which then went to a closed
+    # eventfd: OSError(EBADF) in place of the KeyboardInterrupt (or 8 bytes into whatever
+    # file had the number by then). A slow write makes that order certain.
+    result = run_python(SLOW_WAKE_AT_INTERRUPTED_REACTOR_START)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["interrupted", "1 True", "Exited(code=0)"]
+
+
 def test_an_fd_that_epoll_refuses_is_not_taken_for_watched(tmp_path: Path) -> None:
     # epoll refuses a regular file (EPERM), as it refuses any fd past
     # fs.epoll.max_user_watches (ENOSPC): the handler stayed stored, so `watches` said yes,
