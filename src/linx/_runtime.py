@@ -59,7 +59,9 @@ class Sent(NamedTuple):
 
 class Runtime:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant only so that a spawn can tell it was called by a signal handler that
+        # interrupted this very thread inside a locked section: nothing takes it twice.
+        self._lock = threading.RLock()
         self._launcher: Launcher | None = None
         self._tokens = itertools.count(1)
         # token -> channel (or the agent's entry until it has one), until it is reaped
@@ -84,6 +86,14 @@ class Runtime:
         The first step of a spawn, before the session's own objects exist: making those
         overlaps the agent's clone. `attach` (or `abandon`) must follow.
         """
+        if self._lock._is_owned():  # type: ignore[attr-defined]
+            plan.close_fds()
+            raise RuntimeError(
+                "linx: spawn() called by a signal handler that interrupted linx in the middle "
+                "of another spawn in this thread, which it would wait for for ever; leave it "
+                "to the main loop (a flag, signal.set_wakeup_fd, or asyncio's "
+                "add_signal_handler)"
+            )
         request = _wire.encode(plan.request)  # first: a request that cannot be sent starts nothing
         entry = _Unattached()
         # A launcher runs with the credentials this process had when it started it, and so

@@ -17,7 +17,8 @@ method is thread-safe. What happens in each corner:
   interrupt a call on the very session it wants to use. `proceed()`, `abort()` and
   `signal()` from such a handler are carried out right after that call (what they raise
   then is logged); `info()`, `wait()`, `close()` and `set_owner()` raise `RuntimeError`,
-  since they would wait for ever on the call they interrupted. Forwarding a signal with
+  since they would wait for ever on the call they interrupted; so does `spawn()` from a
+  handler that interrupted another `spawn()` at such a point. Forwarding a signal with
   `signal.signal(SIGTERM, lambda n, f: session.signal(n))` is safe.
 """
 

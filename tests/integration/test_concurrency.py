@@ -423,3 +423,34 @@ def test_a_blocking_call_from_such_a_signal_handler_raises_instead_of_hanging(ve
     assert done.returncode == 0, done.stderr
     first = done.stdout.splitlines()[0]
     assert first.startswith("RuntimeError(") and f"{verb}() called by a signal handler" in first
+
+
+def test_a_spawn_from_a_signal_handler_that_interrupted_a_spawn_raises_instead_of_hanging() -> (
+    None
+):
+    # A handler that spawns (a supervisor restarting on SIGHUP) run while this thread was
+    # inside the runtime's locked section of another spawn waited for it for ever.
+    done = run_python(
+        """
+        import os, signal, linx
+        from linx._runtime import get_runtime
+        linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+        before = sorted(os.listdir("/proc/self/fd"))
+        seen = []
+        def restart(signum, frame):
+            try:
+                seen.append(linx.spawn(["/bin/true"], auto_proceed=True))
+            except RuntimeError as exc:
+                seen.append(exc)
+        signal.signal(signal.SIGHUP, restart)
+        with get_runtime()._lock:  # where a spawn in this thread may be interrupted
+            signal.raise_signal(signal.SIGHUP)
+        print(type(seen[0]).__name__, "signal handler" in str(seen[0]))
+        print(sorted(os.listdir("/proc/self/fd")) == before)
+        signal.raise_signal(signal.SIGHUP)  # outside it, a spawn like any other
+        print(seen[1].wait(timeout=10))
+        """,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["RuntimeError True", "True", "Exited(code=0)"]
