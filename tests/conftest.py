@@ -215,6 +215,32 @@ def capture_stdout(
         os.close(read_end)
 
 
+# A prelude for programs (run with run_python) that interrupt a spawn at a chosen point.
+INTERRUPTED_SPAWN = """
+import gc, sys, time
+import linx
+
+def spawn_interrupted(profile=None):
+    # spawn /bin/true with `profile` (a sys.setprofile function that raises a
+    # KeyboardInterrupt at its point) in force; says "interrupted" if it was
+    sys.setprofile(profile)
+    try:
+        linx.spawn(["/bin/true"], auto_proceed=True)
+    except KeyboardInterrupt:
+        print("interrupted")
+    finally:
+        sys.setprofile(None)
+
+def settle(done):
+    # up to 10 s for done(): the reactor thread closes what it may watch, the collector
+    # what the interrupted spawn dropped
+    deadline = time.monotonic() + 10
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        gc.collect()
+"""
+
+
 def run_python(
     code: str,
     *,

@@ -19,6 +19,7 @@ import pytest
 
 import linx
 from tests.conftest import (
+    INTERRUPTED_SPAWN,
     capture_stdout,
     child_pids,
     drain,
@@ -459,7 +460,9 @@ def test_a_spawn_refused_its_reactor_thread_leaves_no_fd_and_the_next_one_runs(
     assert after == "Exited(code=3)"
 
 
-INTERRUPTED_LAUNCHER_START = """
+INTERRUPTED_LAUNCHER_START = (
+    INTERRUPTED_SPAWN
+    + """
 import gc, os, time
 import linx, linx._fds, linx._reactor
 from linx._runtime import get_runtime
@@ -487,16 +490,11 @@ if os.environ["INTERRUPTED_AT"] == "opening-its-pidfd":
     linx._fds.new = interrupted_once(linx._fds.new)
 else:
     linx._reactor.Reactor.register = interrupted_once(linx._reactor.Reactor.register)
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
-gc.collect()
-deadline = time.monotonic() + 10  # the reactor thread may close the socket
-while (children() or fds() != before) and time.monotonic() < deadline:
-    time.sleep(0.05)
+spawn_interrupted()
+settle(lambda: not children() and fds() == before)
 print(repr(children()), fds() == before)
 """
+)
 
 
 @pytest.mark.parametrize("where", ["opening-its-pidfd", "watching-it"])
@@ -656,7 +654,9 @@ def test_a_keyboard_interrupt_as_the_launcher_starts_leaves_no_idle_launcher() -
     assert result.stdout.split("\n")[:3] == ["interrupted", "Exited(code=0)", "True"]
 
 
-INTERRUPTED_AS_THE_LAUNCHERS_END_IS_COPIED = """
+INTERRUPTED_AS_THE_LAUNCHERS_END_IS_COPIED = (
+    INTERRUPTED_SPAWN
+    + """
 import gc, os, sys, time
 import linx
 from linx._runtime import get_runtime
@@ -684,18 +684,11 @@ def interrupt(frame, event, arg):
         sys.setprofile(None)
         raise KeyboardInterrupt
 
-sys.setprofile(interrupt)
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
-sys.setprofile(None)
-deadline = time.monotonic() + 10  # the reactor thread closes what it may watch
-while sockets() - before and time.monotonic() < deadline:
-    time.sleep(0.05)
-    gc.collect()
+spawn_interrupted(interrupt)
+settle(lambda: not sockets() - before)
 print(sorted(sockets() - before))
 """
+)
 
 
 def test_a_keyboard_interrupt_as_the_launchers_socket_end_is_copied_leaks_no_socket() -> None:

@@ -23,7 +23,15 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import drain, expect, pid_alive, process_state, run_python, wait_until
+from tests.conftest import (
+    INTERRUPTED_SPAWN,
+    drain,
+    expect,
+    pid_alive,
+    process_state,
+    run_python,
+    wait_until,
+)
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -809,7 +817,9 @@ def test_a_keyboard_interrupt_in_spawn_leaves_no_entry_in_the_agent_table(
     assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
 
 
-INTERRUPTED_REACTOR_START = """
+INTERRUPTED_REACTOR_START = (
+    INTERRUPTED_SPAWN
+    + """
 import os, threading, time
 import linx
 
@@ -821,17 +831,13 @@ def interrupted(self):
     raise KeyboardInterrupt  # as if it came while start() waited for that
 
 threading.Thread.start = interrupted
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
+spawn_interrupted()
 threading.Thread.start = start
-deadline = time.monotonic() + 10
-while threading.active_count() > 1 and time.monotonic() < deadline:
-    time.sleep(0.05)
+settle(lambda: threading.active_count() == 1)
 print(threading.active_count(), sorted(os.listdir("/proc/self/fd")) == before)
 print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
 """
+)
 
 
 def test_a_keyboard_interrupt_while_the_reactor_thread_starts_leaves_no_thread_or_fd() -> None:
@@ -844,7 +850,9 @@ def test_a_keyboard_interrupt_while_the_reactor_thread_starts_leaves_no_thread_o
     assert result.stdout.split("\n")[:3] == ["interrupted", "1 True", "Exited(code=0)"]
 
 
-SLOW_WAKE_AT_INTERRUPTED_REACTOR_START = """
+SLOW_WAKE_AT_INTERRUPTED_REACTOR_START = (
+    INTERRUPTED_SPAWN
+    + """
 import _thread, os, sys, threading, time
 import linx
 
@@ -859,24 +867,16 @@ def interrupt(frame, event, arg):
         sys.setprofile(None)
         raise KeyboardInterrupt
 
-sys.setprofile(interrupt)
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
-sys.setprofile(None)
+spawn_interrupted(interrupt)
 os.eventfd_write = write
-deadline = time.monotonic() + 10
-while threading.active_count() > 1 and time.monotonic() < deadline:
-    time.sleep(0.05)
+settle(lambda: threading.active_count() == 1)
 print(threading.active_count(), sorted(os.listdir("/proc/self/fd")) == before)
 print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
 """
+)
 
 
-def test_an_interrupted_reactor_start_wakes_its_thread_before_the_thread_closes_its_fds() -> (
-    None
-):
+def test_an_interrupted_reactor_start_wakes_its_thread_before_the_thread_closes_its_fds() -> None:
     # The thread, once it sees it is to stop, closes the reactor's fds; it could see that
     # before the interrupted start had written its wake-up, which then went to a closed
     # eventfd: OSError(EBADF) in place of the KeyboardInterrupt (or 8 bytes into whatever
@@ -932,7 +932,9 @@ def test_a_keyboard_interrupt_as_spawn_sends_a_large_requests_rest_frees_its_cha
 # A C function's return is where CPython 3.11 runs a pending signal's handler: an exception
 # raised there by a profile function ("c_return") loses the result just as a
 # KeyboardInterrupt would. A C function that map calls from C has no such event.
-INTERRUPTED_AS_AN_FD_IS_MADE = """
+INTERRUPTED_AS_AN_FD_IS_MADE = (
+    INTERRUPTED_SPAWN
+    + """
 import gc, os, sys, time
 import linx, linx._fds
 from linx._runtime import get_runtime
@@ -968,23 +970,16 @@ def interrupt(frame, event, arg):
         sys.setprofile(None)
         raise KeyboardInterrupt
 
-sys.setprofile(interrupt)
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
-sys.setprofile(None)
+spawn_interrupted(interrupt)
 runtime = get_runtime()
 launcher = runtime._launcher
 own = {str(runtime.reactor._wake_fd)} if where == "eventfd" else set()
 if where == "pidfd" and launcher is not None and launcher.alive:
     own.add(str(launcher._pidfd))
-deadline = time.monotonic() + 10
-while fds() - before - own and time.monotonic() < deadline:
-    time.sleep(0.05)
-    gc.collect()
+settle(lambda: not fds() - before - own)
 print(sorted(fds() - before - own))
 """
+)
 
 
 @pytest.mark.parametrize("where", ["eventfd", "pidfd", "closing-copies"])
@@ -999,7 +994,9 @@ def test_a_keyboard_interrupt_as_a_spawn_makes_or_closes_an_fd_leaks_none(where:
     assert result.stdout.split("\n")[:2] == ["interrupted", "[]"]
 
 
-INTERRUPTED_ATTACH = """
+INTERRUPTED_ATTACH = (
+    INTERRUPTED_SPAWN
+    + """
 import gc, os, sys, time
 import linx
 from linx._runtime import get_runtime
@@ -1021,24 +1018,16 @@ def interrupt(frame, event, arg):
         sys.setprofile(None)
         raise KeyboardInterrupt
 
-sys.setprofile(interrupt)
-try:
-    linx.spawn(["/bin/true"], auto_proceed=True)
-except KeyboardInterrupt:
-    print("interrupted")
-sys.setprofile(None)
-gc.collect()
+spawn_interrupted(interrupt)
 
 def left():
     return [fd for fd in watched if runtime.reactor.watches(fd)], len(runtime._agents)
 
-deadline = time.monotonic() + 10
-while left() != ([], 0) and time.monotonic() < deadline:
-    time.sleep(0.05)
-    gc.collect()
+settle(lambda: left() == ([], 0))
 print(left())
 print(linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10))
 """
+)
 
 
 @pytest.mark.parametrize("where", ["entering", "registered"])
