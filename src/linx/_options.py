@@ -110,6 +110,26 @@ class SpawnPlan:
                 pass
 
 
+def stage_path(request: _wire.Spawn, stage: str) -> str | None:
+    """The path that `stage` acted on in `request`, for `ProcessError.filename`: a bare
+    ENOENT from `execve`, `chdir` or `connect_unix` does not say which file is missing.
+    None where the request names no single path for the stage."""
+    if stage == "execve":
+        return os.fsdecode(request.argv[0])
+    if stage == "chdir" and request.cwd is not None:
+        return os.fsdecode(request.cwd)
+    if stage == "connect_unix":
+        # the agent does not say which stream's socket failed: a path only if they agree
+        paths = {
+            directive[1:]
+            for directive in (request.stdin, request.stdout, request.stderr)
+            if directive and directive[0] == _wire.STDIO_CONNECT_UNIX
+        }
+        if len(paths) == 1:
+            return os.fsdecode(paths.pop())
+    return None
+
+
 # --- small validators ------------------------------------------------------------------
 
 

@@ -76,6 +76,7 @@ class SessionState:
         auto_proceed: bool = False,
         pty: bool = False,
         session: Callable[[], Any] = lambda: None,
+        path_of: Callable[[str], str | None] = lambda stage: None,
     ) -> None:
         self.mode: Mode = mode
         self.auto_proceed = auto_proceed
@@ -86,6 +87,7 @@ class SessionState:
         self.agent_pid: int | None = None
         self.result: Outcome | ProcessError | None = None
         self._session = session
+        self._path_of = path_of  # a failed stage's path, for ProcessError.filename
         self._proceeded = False
         self._abort_sent = False
         self._channel_closed = False
@@ -214,7 +216,7 @@ class SessionState:
     # --- endings ---------------------------------------------------------------------
 
     def _fail(self, stage: str, code: int | None) -> list[Event]:
-        error = ProcessError(stage, code)
+        error = ProcessError(stage, code, self._path_of(stage))
         self.stage = Stage.ERRORED
         self.result = error
         return [Failed(error, session=self._session())]

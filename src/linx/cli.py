@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = session.wait()
         except ProcessError as exc:
-            _say(f"linx: {_subject(exc, command, args)}{exc.describe()}")
+            _say(f"linx: {exc.describe()}")
             hint = _hint(exc, options["namespaces"])
             if hint is not None:
                 _say(f"linx run: {hint}")
@@ -270,15 +270,6 @@ def run(args: argparse.Namespace) -> int:
     if outcome == Signaled(signum=signal.SIGINT):
         _die_by_sigint()
     return _exit_status(outcome)
-
-
-def _subject(error: ProcessError, command: str, args: argparse.Namespace) -> str:
-    """What a failed stage was acting on, as `env` names it ("/x: "), or "": a bare
-    ENOENT does not say which path is missing (the command, its #! interpreter, the
-    --cwd)."""
-    subject = {"execve": command, "chdir": args.cwd, "sethostname": args.hostname}
-    named = subject.get(error.stage)
-    return "" if named is None else f"{named}: "
 
 
 def _hint(error: ProcessError, namespaces: list[str]) -> str | None:

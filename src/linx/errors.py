@@ -25,13 +25,17 @@ class ProcessError(OSError):
     `stage` names the step that failed (see docs/protocol.md, "Stages", for the table),
     `errno` is the POSIX errno (`None` for `agent_died`), and `code` is the raw integer: the
     errno, or for `agent_died` the agent's exit status (negative signal number if it was
-    killed, `None` when no launcher was left to report it).
+    killed, `None` when no launcher was left to report it). `filename` is the path the
+    stage acted on, where the spawn names one: `argv[0]` for `execve`, `cwd` for `chdir`,
+    the socket for `connect_unix` (if all of stdio's name the same); else `None`. An
+    `execve` ENOENT may still be about another file: a `#!` interpreter. Two are equal
+    when their stage and code are.
     """
 
     stage: str
     code: int | None
 
-    def __init__(self, stage: str, code: int | None) -> None:
+    def __init__(self, stage: str, code: int | None, filename: str | None = None) -> None:
         self.stage = stage
         self.code = code
         if stage == "agent_died":
@@ -40,14 +44,16 @@ class ProcessError(OSError):
         else:
             assert code is not None
             name = _errno.errorcode.get(code, "E?")
-            super().__init__(code, f"process {stage} failed: {name} (errno {code})")
+            subject = "" if filename is None else f" {filename!r}"
+            super().__init__(code, f"process {stage}{subject} failed: {name} (errno {code})")
         self.strerror = str(self.args[-1])
+        self.filename = filename
 
     def __str__(self) -> str:
         return str(self.args[-1])
 
-    def __reduce__(self) -> tuple[type[ProcessError], tuple[str, int | None]]:
-        return (type(self), (self.stage, self.code))
+    def __reduce__(self) -> tuple[type[ProcessError], tuple[str, int | None, str | None]]:
+        return (type(self), (self.stage, self.code, self.filename))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ProcessError):

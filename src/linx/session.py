@@ -30,6 +30,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, NoReturn, SupportsIndex
 
 from . import _options
@@ -94,6 +95,7 @@ class Session:
                 auto_proceed=plan.auto_proceed,
                 pty=pty,
                 session=weakref.ref(session if front is None else front),
+                path_of=partial(_options.stage_path, plan.request),
             )
             session._channel = channel = Channel(
                 runtime.reactor,
@@ -348,7 +350,7 @@ def _require_pty(state: SessionState) -> None:
 def _unwrap(result: Outcome | ProcessError | NoProcess) -> Outcome:
     # A fresh exception per waiter: threads raising one object would share a traceback.
     if isinstance(result, ProcessError):
-        raise ProcessError(result.stage, result.code)
+        raise ProcessError(result.stage, result.code, result.filename)
     if isinstance(result, NoProcess):
         raise NoProcess(*result.args)
     return result

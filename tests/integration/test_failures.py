@@ -7,6 +7,7 @@ import errno
 import fcntl
 import json
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -34,7 +35,11 @@ from tests.conftest import (
 Factory = Callable[..., linx.Session]
 
 
-def assert_process_error(error: BaseException, stage: str, code: int) -> None:
+def assert_process_error(
+    error: BaseException, stage: str, code: int, filename: str | None = None
+) -> None:
+    """`error` is the ProcessError of `stage` and `code`, naming `filename` (the path the
+    stage acted on) in its message and attribute, or no path at all."""
     assert isinstance(error, linx.ProcessError)
     assert isinstance(error, OSError)
     assert error.stage == stage
@@ -42,7 +47,9 @@ def assert_process_error(error: BaseException, stage: str, code: int) -> None:
     assert error.code == code
     name = errno.errorcode[code]
     assert error.errno_name == name
-    assert str(error) == f"process {stage} failed: {name} (errno {code})"
+    assert error.filename == filename
+    subject = "" if filename is None else f" {filename!r}"
+    assert str(error) == f"process {stage}{subject} failed: {name} (errno {code})"
 
 
 def fail_after_proceed(session: linx.Session) -> tuple[linx.Ready, linx.Failed]:
@@ -66,12 +73,13 @@ def test_execve_of_a_missing_path_fails_at_stage_execve_without_running(
 ) -> None:
     session = session_factory(["/nonexistent/linx-test-binary"])
     _, failed = fail_after_proceed(session)
-    assert_process_error(failed.error, "execve", errno.ENOENT)
-    assert str(failed.error) == "process execve failed: ENOENT (errno 2)"
+    missing = "/nonexistent/linx-test-binary"
+    assert_process_error(failed.error, "execve", errno.ENOENT, missing)
+    assert str(failed.error) == f"process execve '{missing}' failed: ENOENT (errno 2)"
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)
-    assert_process_error(raised.value, "execve", errno.ENOENT)
-    assert str(raised.value) == "process execve failed: ENOENT (errno 2)"
+    assert_process_error(raised.value, "execve", errno.ENOENT, missing)
+    assert pickle.loads(pickle.dumps(raised.value)).filename == missing
     with pytest.raises(OSError):  # catchable as the OSError it is
         session.wait(timeout=10)
     info = session.info()
@@ -87,16 +95,16 @@ def test_execve_of_a_non_executable_file_fails_with_eacces(
     script.chmod(0o644)
     session = session_factory([str(script)])
     _, failed = fail_after_proceed(session)
-    assert_process_error(failed.error, "execve", errno.EACCES)
+    assert_process_error(failed.error, "execve", errno.EACCES, str(script))
 
 
 def test_missing_cwd_fails_at_stage_chdir(session_factory: Factory, tmp_path: Path) -> None:
     session = session_factory(["/bin/true"], cwd=tmp_path / "missing")
     _, failed = fail_after_proceed(session)
-    assert_process_error(failed.error, "chdir", errno.ENOENT)
+    assert_process_error(failed.error, "chdir", errno.ENOENT, str(tmp_path / "missing"))
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)
-    assert_process_error(raised.value, "chdir", errno.ENOENT)
+    assert_process_error(raised.value, "chdir", errno.ENOENT, str(tmp_path / "missing"))
 
 
 def test_a_relative_cwd_is_taken_from_the_callers_directory_now(
@@ -166,10 +174,21 @@ def test_connect_unix_to_a_missing_path_fails_before_any_process(
 ) -> None:
     path = os.path.join(short_dir, "nobody-listens")
     session = session_factory(["/bin/true"], stdio={"stdout": ("connect_unix", path)})
-    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENOENT)
+    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENOENT, path)
     with pytest.raises(linx.ProcessError) as raised:
         session.wait(timeout=10)
-    assert_process_error(raised.value, "connect_unix", errno.ENOENT)
+    assert_process_error(raised.value, "connect_unix", errno.ENOENT, path)
+
+
+def test_connect_unix_error_names_no_path_when_two_streams_name_different_ones(
+    session_factory: Factory, short_dir: str
+) -> None:
+    # the agent does not say which stream's socket failed: naming one would be a guess
+    out, err = os.path.join(short_dir, "out"), os.path.join(short_dir, "err")
+    session = session_factory(
+        ["/bin/true"], stdio={"stdout": ("connect_unix", out), "stderr": ("connect_unix", err)}
+    )
+    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENOENT)
 
 
 def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(
@@ -180,7 +199,7 @@ def test_connect_unix_to_a_socket_nobody_listens_on_is_refused(
         bound.bind(path)  # bound, never listening
         session = session_factory(["/bin/true"], stdio={"stderr": ("connect_unix", path)})
         error = fails_before_ready(session)
-    assert_process_error(error, "connect_unix", errno.ECONNREFUSED)
+    assert_process_error(error, "connect_unix", errno.ECONNREFUSED, path)
 
 
 @pytest.mark.slow
@@ -206,7 +225,7 @@ def test_connect_unix_to_a_full_backlog_gives_up_after_five_seconds(
         waited = time.monotonic() - started
     assert [type(e) for e in events] == [linx.Failed], events
     assert isinstance(events[0], linx.Failed)
-    assert_process_error(events[0].error, "connect_unix", errno.EAGAIN)
+    assert_process_error(events[0].error, "connect_unix", errno.EAGAIN, path)
     assert 4 < waited < 10, waited
 
 
@@ -216,7 +235,7 @@ def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
     path = "/tmp/" + "x" * 195  # 200 characters: more than sun_path holds
     assert len(path) == 200
     session = session_factory(["/bin/true"], stdio={"stdin": ("connect_unix", path)})
-    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENAMETOOLONG)
+    assert_process_error(fails_before_ready(session), "connect_unix", errno.ENAMETOOLONG, path)
 
 
 # --- the agent dies ---------------------------------------------------------------------------

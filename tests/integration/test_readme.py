@@ -57,7 +57,7 @@ def test_the_readmes_python_examples_print_what_their_comments_say() -> None:
 
 
 def test_the_readmes_error_message_is_the_one_a_missing_program_gives() -> None:
-    quoted = re.search(r"`(process execve failed: [^`]*)`", README)
+    quoted = re.search(r"`(process execve '/nonexistent' failed: [^`]*)`", README)
     assert quoted is not None
     done = run_python(
         """

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from linx import _options
+from linx import _options, _wire
 
 # Any code point a str can hold, lone surrogates included (os.fsencode's escapes and worse).
 any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()))
@@ -156,3 +156,25 @@ def test_an_id_map_is_refused_exactly_where_the_kernel_would_refuse_it(
     else:
         assert kernel_takes(extents), f"took a map the kernel refuses: {extents}"
         assert text.decode().splitlines() == [f"{a} {b} {n}" for a, b, n in extents]
+
+
+def _request(**fields: object) -> _wire.Spawn:
+    return _wire.Spawn(version=1, argv=(b"/bin/tr\xffue",), **fields)  # type: ignore[arg-type]
+
+
+def test_stage_path_names_what_execve_chdir_and_connect_unix_acted_on() -> None:
+    sock = _wire.stdio_connect_unix(b"/run/s")
+    request = _request(cwd=b"/srv", stdout=sock, stderr=sock, stdin=_wire.stdio_devnull())
+    assert _options.stage_path(request, "execve") == os.fsdecode(b"/bin/tr\xffue")
+    assert _options.stage_path(request, "chdir") == "/srv"
+    assert _options.stage_path(request, "connect_unix") == "/run/s"
+    for stage in ("setuid", "clone", "agent_died", "sethostname"):
+        assert _options.stage_path(request, stage) is None
+    assert _options.stage_path(_request(), "chdir") is None
+
+
+def test_stage_path_names_no_socket_when_two_streams_name_different_ones() -> None:
+    request = _request(
+        stdout=_wire.stdio_connect_unix(b"/run/a"), stderr=_wire.stdio_connect_unix(b"/run/b")
+    )
+    assert _options.stage_path(request, "connect_unix") is None

@@ -117,6 +117,17 @@ def test_error_frame_is_a_failed_event_with_stage_and_errno() -> None:
     assert state.stage is Stage.ERRORED
 
 
+def test_a_failed_stage_names_the_path_the_spawn_gave_it_and_only_that_stage() -> None:
+    paths = {"execve": "/bin/x", "chdir": "/srv"}
+    for stage, path in [("execve", "/bin/x"), ("chdir", "/srv"), ("setuid", None)]:
+        state = SessionState(path_of=paths.get)
+        state.receive(_wire.Spawned(host_pid=7))
+        [event] = state.receive(_wire.Error(stage=stage.encode(), errno=errno.EPERM))
+        assert isinstance(event, Failed)
+        assert event.error.filename == path
+        assert (repr(path) in str(event.error)) is (path is not None)
+
+
 def test_agent_death_needs_both_eof_and_status_in_either_order() -> None:
     first = _at(Stage.RUNNING)
     assert first.channel_closed() == []
