@@ -20,6 +20,7 @@ enum {
 	MSG_SIGNAL = 0x0012,
 	MSG_PTY_WRITE = 0x0013,
 	MSG_PTY_WINSIZE = 0x0014,
+	MSG_KILL = 0x0015,
 };
 
 /* Session channel, agent -> Python. */

@@ -215,20 +215,18 @@ class Channel:
             self._owner_outlives = True
 
     def begin_close(self) -> bool:
-        """Start ending a live session (abort if parked, SIGKILL otherwise).
+        """Start ending a live session: `KILL` aborts a child not yet released and kills
+        any other at once, even one released and not yet `Running`, where a SIGKILL would
+        wait for `Running` and a child stopped on its way to `execve` would never get it.
 
-        Returns False if it was already closed. A child not yet released is aborted; a
-        SIGKILL is sent in every case, since the agent buffers it until `Running` should
-        the child be past the checkpoint already.
+        Returns False if it was already closed.
         """
         self._refuse_if_interrupted_here("close")
         with self._lock:
             if self.closed:
                 return False
             if not self.state.terminal and self._sock is not None:
-                if not self.state.released:
-                    self._queue(_wire.Abort())
-                self._queue(_wire.Signal(signum=9))
+                self._queue(_wire.Kill())
             return True
 
     def finish_close(self) -> None:
@@ -310,9 +308,11 @@ class Channel:
         self._reactor.call_later(self._orphan_grace, _while_alive(self, Channel._orphan_kill))
 
     def _orphan_kill(self) -> None:
+        # KILL, not a SIGKILL the agent would hold for `Running`: a released child still
+        # short of `execve` (stopped, say) ends at the grace too
         with self._lock:
             if not self.state.terminal:
-                self._queue(_wire.Signal(signum=signal.SIGKILL))
+                self._queue(_wire.Kill())
 
     def _release(self) -> None:
         # Once Python closes the channel itself nobody waits to hear of the agent: an agent

@@ -134,6 +134,13 @@ class Signal(Message):
     signum: int = field_spec(1, Kind.U32, required=True)
 
 
+@dataclass(slots=True)
+class Kill(Message):
+    """`close()`'s command: abort if not released, else SIGKILL now, even before `RUNNING`."""
+
+    TYPE: ClassVar[int] = 0x0015
+
+
 # --- session channel, agent -> Python -------------------------------------------------
 
 
@@ -192,7 +199,9 @@ TERMINAL_MESSAGES = (Exited, Signaled, Aborted, Error)
 
 LAUNCHER_REQUESTS: dict[int, type[Message]] = {StartAgent.TYPE: StartAgent}
 LAUNCHER_REPLIES: dict[int, type[Message]] = {m.TYPE: m for m in (AgentExited, LaunchFailed)}
-SESSION_REQUESTS: dict[int, type[Message]] = {m.TYPE: m for m in (Spawn, Proceed, Abort, Signal)}
+SESSION_REQUESTS: dict[int, type[Message]] = {
+    m.TYPE: m for m in (Spawn, Proceed, Abort, Signal, Kill)
+}
 AGENT_MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m for m in (Spawned, Ready, Running, Exited, Signaled, Aborted, Error, Notice)
 }

@@ -267,6 +267,10 @@ class Session:
     def close(self) -> None:
         """End the session: abort a parked child or kill a running workload, then release.
 
+        A child released by `proceed()` but not yet `Running` is killed at once, not at
+        `Running` as `signal(SIGKILL)` would be (it may be stopped on its way to `execve`):
+        its owner then hears `Failed` with stage `exec_outcome`.
+
         Returns once the workload is reaped; in an owner (the reactor thread, which brings
         the outcome), at once, and the outcome follows as usual. A session whose agent does
         not answer within `CLOSE_TIMEOUT` seconds is released anyway, and threads still in

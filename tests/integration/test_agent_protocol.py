@@ -235,6 +235,29 @@ def test_unknown_command_is_a_notice_and_the_session_goes_on(agent: RawAgent) ->
     assert messages[-1] == _wire.Exited(code=4)
 
 
+def test_kill_aborts_a_parked_child_kills_a_running_one_and_takes_no_body(
+    agent: RawAgent,
+) -> None:
+    agent.send(_spawn(argv=(b"/bin/sleep", b"30")))
+    host_pid = _until_ready(agent)
+    agent.send(struct.pack("<IH", 3, _wire.Kill.TYPE) + b"x")  # a KILL has no fields
+    agent.send(_wire.encode(_wire.Kill()))
+    messages = agent.messages()
+    assert [type(m) for m in messages] == [_wire.Notice, _wire.Aborted], messages
+    assert isinstance(messages[0], _wire.Notice)
+    assert messages[0].stage == b"malformed_command"
+    assert not pid_alive(host_pid)
+    running = RawAgent()
+    try:
+        running.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"30")))
+        _until_ready(running)
+        running.send(_wire.encode(_wire.Kill()))
+        assert running.messages()[-1] == _wire.Signaled(signum=signal.SIGKILL)
+    finally:
+        running.close()
+    assert running.status == 0
+
+
 def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
     agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
     assert wait_until(lambda: child_pids(agent.pid) != [], 5)

@@ -9,6 +9,7 @@ assumption is involved.
 from __future__ import annotations
 
 import contextlib
+import errno
 import multiprocessing
 import multiprocessing.queues
 import os
@@ -30,6 +31,7 @@ from tests.conftest import (
     next_event,
     no_more_events,
     pid_alive,
+    process_state,
     short_tmp_dir,
     wait_until,
 )
@@ -834,6 +836,47 @@ def test_close_on_a_parked_session_aborts_it(session_factory: Factory, tmp_path:
     assert no_more_events(session)
     assert session.exit_reason == ("shutdown", "aborted")
     assert not marker.exists()
+
+
+def _stopped_past_the_checkpoint(session: linx.Session, owner: queue.Queue[linx.Event]) -> int:
+    """Stop the parked child, then proceed: released, it cannot reach `execve`."""
+    ready = owner.get(timeout=10)
+    assert isinstance(ready, linx.Ready)
+    os.kill(ready.host_pid, signal.SIGSTOP)
+    assert wait_until(lambda: process_state(ready.host_pid) == "T")
+    session.proceed()
+    return ready.host_pid
+
+
+def test_close_ends_a_child_stopped_between_release_and_execve_at_once(
+    session_factory: Factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SIGKILL sent before Running waits for Running, which a stopped child never
+    # reaches: close() sat out its whole CLOSE_TIMEOUT (30 s), then gave the session up,
+    # and the owner never heard how it ended.
+    monkeypatch.setattr(linx.session, "CLOSE_TIMEOUT", 5.0)
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    session = session_factory(["/bin/sleep", "30"], owner=owner)
+    host_pid = _stopped_past_the_checkpoint(session, owner)
+    session.close()
+    assert "did not end" not in caplog.text
+    assert not os.path.exists(f"/proc/{host_pid}")
+    outcome = owner.get(timeout=10)
+    assert isinstance(outcome, linx.Failed), outcome
+    assert (outcome.error.stage, outcome.error.errno) == ("exec_outcome", errno.EIO)
+
+
+def test_a_dropped_session_ends_a_stopped_released_child_when_its_grace_is_over() -> None:
+    # An owner that outlives its session hears its end: Python applies the orphan policy
+    # with verbs, and its SIGKILL at the grace's end waited for Running as the SIGTERM did.
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    session = linx.spawn(["/bin/sleep", "30"], owner=owner, orphan_policy=("kill", 0.2))
+    host_pid = _stopped_past_the_checkpoint(session, owner)
+    del session
+    outcome = owner.get(timeout=10)
+    assert isinstance(outcome, linx.Failed), outcome
+    assert outcome.error.stage == "exec_outcome"
+    assert wait_until(lambda: not pid_alive(host_pid))
 
 
 def test_close_twice_is_harmless(session_factory: Factory) -> None:
