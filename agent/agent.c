@@ -510,28 +510,33 @@ static void buffer_signal(struct session *s, uint32_t signum)
 	s->sigs[s->nsigs++] = signum;
 }
 
-/* Let past the checkpoint (PROCEED, or auto_proceed's early release byte): committed to
- * run, even if its exec outcome is not in yet. */
-static int released(const struct session *s)
-{
-	return s->phase == PH_RELEASED || (s->phase == PH_STARTING && s->released_early);
-}
-
 /* KILL (close()): the session ends now, whatever its phase. A child not yet released is
- * aborted (at READY if it is not there yet); a released one is killed at once, where a
+ * aborted (at READY if it is not there yet); one released is killed at once, where a
  * SIGNAL would wait for RUNNING: a child stopped or stuck on its way to execve would keep
- * close() waiting for good. Its exec outcome then says how far it got. */
+ * close() waiting for good. Its exec outcome then says how far it got. Before its ready
+ * record a released child gets the SIGKILL at RUNNING as a SIGNAL would: killed there, it
+ * would look like a child that broke (ready_frame), and it is on its way already. */
 static void end_now(struct session *s)
 {
-	if (released(s)) {
+	switch (s->phase) {
+	case PH_STARTING:
+		if (s->released_early)
+			buffer_signal(s, SIGKILL);
+		else
+			s->abort_pending = 1;
+		break;
+	case PH_PARKED:
+		do_abort(s);
+		break;
+	case PH_RELEASED:
 		if (pidfd_send_signal(s->child.pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
 			notice(s, "kill", errno);
-	} else if (s->phase == PH_STARTING) {
-		s->abort_pending = 1;
-	} else if (s->phase == PH_PARKED) {
-		do_abort(s);
-	} else if (s->phase == PH_RUNNING) {
+		break;
+	case PH_RUNNING:
 		deliver(s, SIGKILL);
+		break;
+	default:
+		break;
 	}
 }
 
@@ -708,6 +713,13 @@ static void let_go_of_stderr(void)
 		diag("orphan stderr", errno);
 	if (fd > 2)
 		close(fd);
+}
+
+/* Let past the checkpoint (PROCEED, or auto_proceed's early release byte): committed to
+ * run, even if its exec outcome is not in yet. */
+static int released(const struct session *s)
+{
+	return s->phase == PH_RELEASED || (s->phase == PH_STARTING && s->released_early);
 }
 
 /* A lingering released child's exec outcome, as agent_main would have read it with

@@ -866,6 +866,31 @@ def test_close_ends_a_child_stopped_between_release_and_execve_at_once(
     assert (outcome.error.stage, outcome.error.errno) == ("exec_outcome", errno.EIO)
 
 
+def test_close_right_after_an_auto_proceed_spawn_never_looks_like_a_broken_child() -> None:
+    # Released at clone time, the child may not have reported ready when the close
+    # comes: killed there, it ended as Failed(ready_frame, EIO), a protocol fault's stage.
+    # A uid map only the agent may write keeps it off the vfork path, where no command is
+    # read until the exec.
+    for _ in range(30):
+        owner: queue.Queue[linx.Event] = queue.Queue()
+        session = linx.spawn(
+            ["/bin/sleep", "30"],
+            namespaces=["user"],
+            uid_map=[(0, 1000, 1)],
+            auto_proceed=True,
+            owner=owner,
+        )
+        session.close()
+        events = [owner.get(timeout=10)]
+        while not isinstance(events[-1], linx.Outcome | linx.Failed):
+            events.append(owner.get(timeout=10))
+        assert isinstance(events[0], linx.Ready), events
+        end = events[-1]
+        assert end == linx.Signaled(signum=signal.SIGKILL) or (
+            isinstance(end, linx.Failed) and end.error.stage == "exec_outcome"
+        ), events
+
+
 def test_a_dropped_session_ends_a_stopped_released_child_when_its_grace_is_over() -> None:
     # An owner that outlives its session hears its end: Python applies the orphan policy
     # with verbs, and its SIGKILL at the grace's end waited for Running as the SIGTERM did.
