@@ -100,7 +100,8 @@ def test_aio_async_with_cancelled_again_while_closing_still_closes() -> None:
                 await asyncio.sleep(30)
 
         task = asyncio.ensure_future(body())
-        while not sessions:
+        # until its pid is known: closed before that, nothing here could see it killed
+        while not sessions or sessions[0].host_pid is None:
             await asyncio.sleep(0.01)
         task.cancel()  # into the body: __aexit__ starts closing
         await asyncio.sleep(0)
