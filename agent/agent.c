@@ -484,7 +484,7 @@ static void on_request(struct session *s, const struct wire_frame *f)
 	send_u32s(s, MSG_SPAWNED, 2, (uint32_t)s->child.pid, (uint32_t)getpid());
 	if (s->child.vforked)
 		vforked_outcome(s);
-	else if (spawn_write_maps(&s->req, s->child.pid, &fl))
+	else if (spawn_write_maps(&s->req, &s->child, &fl))
 		fail(s, fl.stage, fl.err);
 	else if (s->req.auto_proceed)
 		release_early(s);

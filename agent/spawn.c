@@ -308,6 +308,33 @@ out:
 	return rc;
 }
 
+/* The child's pid as the /proc we see numbers it. It is c->pid only if that /proc is of
+ * our pid namespace; a caller under `unshare --pid --fork` without a new /proc, or a
+ * workload of a pid namespace that kept the host's, has another one, where c->pid is some
+ * other process, whose id files we would write. The pidfd's fdinfo gives the number in
+ * the namespace of the /proc it is read through. Returns 0, or ENOENT (we are not in that
+ * /proc) or ESRCH (the child is not: it has no number there, or has died). */
+static int proc_pid(const struct child *c, pid_t *out)
+{
+	char path[64], buf[512];
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", c->pidfd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	ssize_t n = read_some(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n < 0)
+		return (int)-n;
+	buf[n] = '\0';
+	const char *line = strstr(buf, "\nPid:\t");
+	long pid = line ? strtol(line + 6, NULL, 10) : 0;
+	if (pid <= 0)
+		return ESRCH;
+	*out = (pid_t)pid;
+	return 0;
+}
+
 static int write_proc(pid_t pid, const char *file, const char *data, size_t len,
 		      const char *stage, struct fail *f)
 {
@@ -318,8 +345,16 @@ static int write_proc(pid_t pid, const char *file, const char *data, size_t len,
 	return err ? fail_set(f, stage, err) : 0;
 }
 
-int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f)
+int spawn_write_maps(const struct spawn_req *req, const struct child *c, struct fail *f)
 {
+	const char *first = req->setgroups ? "setgroups_file" : req->uid_map ? "uid_map" : "gid_map";
+	pid_t pid;
+
+	if (!req->setgroups && !req->uid_map && !req->gid_map)
+		return 0;
+	int err = proc_pid(c, &pid);
+	if (err)
+		return fail_set(f, first, err);
 	if (req->setgroups &&
 	    write_proc(pid, "setgroups", req->setgroups, req->setgroups_len, "setgroups_file", f))
 		return -1;
@@ -343,7 +378,11 @@ int spawn_hold_mnt_ns(struct child *c)
 		return 0;
 	if (errno != ENOTTY && errno != EINVAL)
 		return errno;
-	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)c->pid);
+	pid_t pid;
+	int err = proc_pid(c, &pid);
+	if (err)
+		return err;
+	snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
 	c->mnt_ns = open(path, O_RDONLY | O_CLOEXEC);
 	return c->mnt_ns < 0 ? errno : 0;
 }
@@ -356,10 +395,13 @@ void child_release_ns(struct child *c)
 /* Whether a child with no memory left still bears the name it took before its exec marker
  * (child.c, step_pre_exec_name): 1 (it never got through execve), 0 (execve renamed it),
  * -1 (no /proc of ours to ask). */
-static int still_named_pre_exec(pid_t pid)
+static int still_named_pre_exec(const struct child *c)
 {
 	char path[64], name[sizeof(CHILD_PRE_EXEC_NAME) + 1];
+	pid_t pid;
 
+	if (proc_pid(c, &pid))
+		return -1;
 	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -387,7 +429,7 @@ int child_exec_took(const struct child *c)
 	/* No memory: exiting or dead, whether before execve or after (a workload that ran and
 	 * ended already). execve renames it after its file's basename, which holds no '/',
 	 * before it closes the pipe; still so named, it never got through. */
-	return still_named_pre_exec(c->pid) != 1;
+	return still_named_pre_exec(c) != 1;
 }
 
 void child_kill(struct child *c)

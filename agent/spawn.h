@@ -29,8 +29,9 @@ struct child {
 int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 		struct child *c, struct fail *f);
 
-/* setgroups, uid_map, gid_map under /proc/<pid>/, as far as the request has them. */
-int spawn_write_maps(const struct spawn_req *req, pid_t pid, struct fail *f);
+/* setgroups, uid_map, gid_map under the child's /proc/<pid>/, as far as the request has
+ * them; the child must be alive (parked). */
+int spawn_write_maps(const struct spawn_req *req, const struct child *c, struct fail *f);
 
 /* Keeps the child's new mount namespace alive past the child: the last reference to a
  * mount namespace tears down its mount tree and waits for an RCU grace period, and made by

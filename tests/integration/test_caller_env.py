@@ -6,9 +6,16 @@ would stay with the test process, and with the launcher it starts on first use.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import SPAWN_PATHS, run_python, spawn_path_env
+import linx
+from tests.conftest import ROOT, SPAWN_PATHS, expect, run_python, spawn_path_env
 
 # What a container runtime's seccomp profile does to a syscall newer than it knows: ENOSYS,
 # so that the C library falls back. libseccomp (through ctypes, as `linx.seccomp` uses it),
@@ -58,3 +65,60 @@ def test_clone3_failing_with_enosys_under_a_real_seccomp_filter_falls_back(path:
     result = run_python(CLONE3_ENOSYS, env=spawn_path_env(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def run_in_new_pid_namespace(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter that is init of a new pid namespace, whose /proc is
+    still this one's (`unshare --pid --fork` without `--mount-proc`)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = ["unshare", "--pid", "--fork", sys.executable, "-c", textwrap.dedent(code), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+
+
+# A spawn with maps in the new pid namespace: its workload's uid_map, uid and Ready pid. A
+# given argv[1] is the pid its child is to get: the previous one is written to ns_last_pid
+# once the launcher and the spare agent are there, so the next pid is the child's.
+SPAWN_WITH_MAPS = """
+import sys, time
+import linx
+from linx._runtime import get_runtime
+linx.spawn(["/bin/true"], auto_proceed=True).wait(30)
+deadline = time.monotonic() + 30
+while get_runtime()._spare is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+if len(sys.argv) > 1:
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write(str(int(sys.argv[1]) - 1))
+s = linx.spawn(["/bin/sh", "-c", "echo $(cat /proc/self/uid_map) $(id -u)"], namespaces=["user"],
+               uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)], stdio={"stdout": sys.stdout})
+ready = s.events.get(timeout=30)
+assert isinstance(ready, linx.Ready), ready
+s.proceed()
+assert s.wait(30) == linx.Exited(0)
+print(ready.host_pid)
+"""
+
+
+def test_a_caller_whose_proc_is_of_another_pid_namespace_gets_its_maps_written() -> None:
+    # A caller in a pid namespace that kept the host's /proc (a workload of a session with
+    # a pid namespace): there the agent's pid for its child names another process. The
+    # maps went to that one's /proc files: `setgroups_file` EPERM for a kernel thread's.
+    result = run_in_new_pid_namespace(SPAWN_WITH_MAPS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[:4] == ["0", "0", "1", "0"]
+
+
+def test_the_maps_never_go_to_another_process_that_the_pid_names_in_the_callers_proc() -> None:
+    # Worse: a process there with a user namespace still unmapped (here a parked session of
+    # ours) took the maps meant for the child, which ran unmapped (uid 65534).
+    victim = linx.spawn(["/bin/sleep", "60"], namespaces=["user"])
+    try:
+        ready = expect(victim, linx.Ready)
+        result = run_in_new_pid_namespace(SPAWN_WITH_MAPS, str(ready.host_pid))
+        assert result.returncode == 0, result.stderr
+        *theirs, uid, child_pid = result.stdout.split()
+        assert int(child_pid) == ready.host_pid, "the set-up missed the pid it aimed at"
+        assert Path(f"/proc/{ready.host_pid}/uid_map").read_text() == ""
+        assert (theirs, uid) == (["0", "0", "1"], "0")
+    finally:
+        victim.close()
