@@ -75,23 +75,26 @@ def run_in_new_pid_namespace(code: str, *args: str) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd="/")
 
 
-# A spawn with maps in the new pid namespace: its workload's uid_map, uid and Ready pid. A
-# given argv[1] is the pid its child is to get: the previous one is written to ns_last_pid
-# once the launcher and the spare agent are there, so the next pid is the child's.
+# A spawn with maps in the new pid namespace: its workload's uid_map and uid, then the Ready
+# pid. A given argv[1] is the pid its child is to get: the one before it goes to
+# ns_last_pid, so the next fork takes it, unless the launcher's fork of the next spare agent
+# comes in between (asked for, it may be forked later): then again.
 SPAWN_WITH_MAPS = """
-import sys, time
+import sys
 import linx
-from linx._runtime import get_runtime
+target = int(sys.argv[1]) if len(sys.argv) > 1 else None
 linx.spawn(["/bin/true"], auto_proceed=True).wait(30)
-deadline = time.monotonic() + 30
-while get_runtime()._spare is None and time.monotonic() < deadline:
-    time.sleep(0.01)
-if len(sys.argv) > 1:
-    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-        f.write(str(int(sys.argv[1]) - 1))
-s = linx.spawn(["/bin/sh", "-c", "echo $(cat /proc/self/uid_map) $(id -u)"], namespaces=["user"],
-               uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)], stdio={"stdout": sys.stdout})
-ready = s.events.get(timeout=30)
+for _ in range(20):
+    if target is not None:
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(target - 1))
+    s = linx.spawn(["/bin/sh", "-c", "echo $(cat /proc/self/uid_map) $(id -u)"],
+                   namespaces=["user"], uid_map=[(0, 0, 1)], gid_map=[(0, 0, 1)],
+                   stdio={"stdout": sys.stdout})
+    ready = s.events.get(timeout=30)
+    if target is None or getattr(ready, "host_pid", None) == target:
+        break
+    s.close()
 assert isinstance(ready, linx.Ready), ready
 s.proceed()
 assert s.wait(30) == linx.Exited(0)
