@@ -206,18 +206,23 @@ def _start_process() -> tuple[socket.socket, int, int]:
     # Above fd 3, so the DUP2 below always makes a fresh, inheritable fd 3.
     theirs = _fds.duplicate_socket(pair_end, 10)
     pair_end.close()
-    spawn = functools.partial(
-        os.posix_spawn,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
-        ],
-        setsigmask=(),
-        setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
-    )
+    # The launcher's stdin and stdout, opened here rather than by posix_spawn, whose failure
+    # names only the program: a caller with no /dev/null (a chroot, a mount namespace with
+    # an empty /dev) was told the agent program was missing.
+    devnull: list[int] = []
     pids: list[int] = []
     try:
+        devnull.append(_open_devnull())
+        spawn = functools.partial(
+            os.posix_spawn,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull[0], 0),
+                (os.POSIX_SPAWN_DUP2, devnull[0], 1),
+                (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+            ],
+            setsigmask=(),
+            setsigdef=(signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD),
+        )
         path, environment = agent_path(), dict(live_environment())  # one C call: see there
         # extend(map(...)): the pid goes from posix_spawn into the list with no bytecode run
         # in between, where a signal handler's exception (a KeyboardInterrupt) would lose
@@ -236,7 +241,17 @@ def _start_process() -> tuple[socket.socket, int, int]:
         else:
             ours.close()
         raise
+    finally:
+        any(map(os.close, devnull))
     return ours, pids[0], pidfd
+
+
+def _open_devnull() -> int:
+    try:
+        return _fds.new(os.open, os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        message = f"linx: the launcher needs {os.devnull} for its stdin and stdout: {exc.strerror}"
+        raise OSError(exc.errno, message, os.devnull) from exc
 
 
 def _stop_process(sock: socket.socket, pid: int) -> None:

@@ -125,3 +125,33 @@ def test_the_maps_never_go_to_another_process_that_the_pid_names_in_the_callers_
         assert (theirs, uid) == (["0", "0", "1"], "0")
     finally:
         victim.close()
+
+
+def test_a_caller_without_dev_null_is_told_so_and_spawns_once_it_is_back() -> None:
+    # A chroot or a mount namespace with an empty /dev: the launcher's stdin and stdout are
+    # /dev/null. posix_spawn, which opened it, named only the program it ran, so the error
+    # said the agent program was missing, where reinstalling linx would not help.
+    code = """
+    import subprocess
+    import linx
+    try:
+        linx.spawn(["/bin/true"], auto_proceed=True)
+    except FileNotFoundError as exc:
+        assert exc.filename == "/dev/null", exc
+        print("told")
+    subprocess.run(["umount", "/dev"], check=True)
+    print(linx.spawn(["/bin/true"], auto_proceed=True).wait(30))
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    script = 'mount -t tmpfs none /dev && exec "$0" -c "$1"'
+    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+    result = subprocess.run(
+        [*command, sys.executable, textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["told", "Exited(code=0)"]
