@@ -227,7 +227,15 @@ def _start_process() -> tuple[socket.socket, int, int]:
         # extend(map(...)): the pid goes from posix_spawn into the list with no bytecode run
         # in between, where a signal handler's exception (a KeyboardInterrupt) would lose
         # it, and the launcher with it: unreaped, a zombie for the life of this process.
-        pids.extend(map(spawn, (path,), (["linx-agent", "--launcher"],), (environment,)))
+        try:
+            pids.extend(map(spawn, (path,), (_LAUNCHER_ARGV,), (environment,)))
+        except OSError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            # This process's environment is too big to exec (a variable over 128 KiB, or
+            # all of them over a quarter of the stack limit): no reason to fail a spawn
+            # that passes its own env, and the launcher needs only the variables it reads.
+            pids.extend(map(spawn, (path,), (_LAUNCHER_ARGV,), (_own_variables(environment),)))
         theirs.close()
         ours.setblocking(False)
         try:
@@ -244,6 +252,19 @@ def _start_process() -> tuple[socket.socket, int, int]:
     finally:
         any(map(os.close, devnull))
     return ours, pids[0], pidfd
+
+
+_LAUNCHER_ARGV = ["linx-agent", "--launcher"]
+
+
+def _own_variables(environment: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """What the launcher and its agents read of an environment: linx's test hooks
+    (`LINX_AGENT_NO_VFORK`...), and in a sanitizer build the sanitizers' options."""
+    return {
+        key: value
+        for key, value in environment.items()
+        if key.startswith(b"LINX_") or key.endswith(b"SAN_OPTIONS")
+    }
 
 
 def _open_devnull() -> int:

@@ -155,3 +155,24 @@ def test_a_caller_without_dev_null_is_told_so_and_spawns_once_it_is_back() -> No
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["told", "Exited(code=0)"]
+
+
+def test_an_environment_too_big_to_exec_fails_only_the_spawns_that_inherit_it() -> None:
+    # A variable over 128 KiB (MAX_ARG_STRLEN) can reach no program that is exec'd. The
+    # launcher was started with this process's whole environment, so the first spawn failed
+    # ("Argument list too long: .../linx-agent") even with an env= of its own, which a later
+    # one, the launcher running, did not.
+    result = run_python(
+        """
+        import os
+        import linx
+        os.environ["BIG"] = "x" * 200_000
+        print(linx.spawn(["/bin/true"], env={"A": "b"}, auto_proceed=True).wait(30))
+        try:
+            linx.spawn(["/bin/true"], auto_proceed=True).wait(30)
+        except linx.ProcessError as exc:
+            print(exc.stage, exc.errno == 7)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["Exited(code=0)", "execve True"]
