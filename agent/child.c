@@ -190,9 +190,7 @@ CHILD_CODE static int step_pre_exec_name(const struct child_plan *p)
 CHILD_CODE static int step_close_fds(const struct child_plan *p)
 {
 	(void)p;
-	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
-		return errno;
-	return 0;
+	return close_fds_from(3, 1);
 }
 
 /* The pre-exec steps, in order. A new step is one function and one row; the stage is what

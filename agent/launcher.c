@@ -105,8 +105,9 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 		diag("dup2", errno);
 		_exit(1);
 	}
-	if (close_range(4, ~0U, 0) < 0) {
-		diag("close_range", errno);
+	int err = close_fds_from(4, 0);
+	if (err) {
+		diag("close_range", err);
 		_exit(1);
 	}
 	int status = agent_main(3);
@@ -238,8 +239,9 @@ int launcher_main(int ctl_fd)
 	l.ch.one_frame = 1;
 	l.sfd = -1;
 	/* the Python parent may have leaked inheritable fds to us */
-	if (close_range((unsigned)ctl_fd + 1, ~0U, 0) < 0)
-		diag("close_range", errno);
+	int err = close_fds_from((unsigned)ctl_fd + 1, 0);
+	if (err)
+		diag("close_range", err);
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) {

@@ -6,7 +6,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <linux/close_range.h>
 #include <signal.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -89,6 +91,65 @@ void diag(const char *stage, int err)
 		n += l;
 	}
 	(void)!write(2, line, n);
+}
+
+/* getdents64's record (the libc has none for the raw call). */
+struct dirent64_rec {
+	uint64_t ino;
+	int64_t off;
+	unsigned short reclen;
+	unsigned char type;
+	char name[];
+};
+
+/* The decimal fd number an entry of /proc/self/fd is named, or -1 ("." and ".."). */
+CHILD_CODE static long fd_named(const char *name)
+{
+	long fd = 0;
+
+	if (*name < '0' || *name > '9')
+		return -1;
+	for (; *name >= '0' && *name <= '9'; name++)
+		fd = fd * 10 + (*name - '0');
+	return fd;
+}
+
+/* The fallback of close_fds_from: no allocation (the child runs it), so the directory is
+ * read with getdents64 into a buffer on the stack. Closing an fd it listed does not
+ * disturb the listing, as CPython's _posixsubprocess relies on too. */
+CHILD_CODE static int close_listed_fds(unsigned int first, int cloexec)
+{
+	_Alignas(8) char buf[1024];
+	long n;
+	int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (dir < 0)
+		return errno;
+	while ((n = syscall(SYS_getdents64, dir, buf, sizeof(buf))) > 0) {
+		for (long at = 0; at < n;) {
+			struct dirent64_rec *d = (struct dirent64_rec *)(void *)(buf + at);
+			long fd = fd_named(d->name);
+			at += d->reclen;
+			if (fd < (long)first || fd == dir)
+				continue;
+			if (cloexec)
+				(void)fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+			else
+				(void)close((int)fd);
+		}
+	}
+	int err = n < 0 ? errno : 0;
+	close(dir);
+	return err;
+}
+
+CHILD_CODE int close_fds_from(unsigned int first, int cloexec)
+{
+	if (close_range(first, ~0U, cloexec ? CLOSE_RANGE_CLOEXEC : 0) == 0)
+		return 0;
+	if (errno != ENOSYS && errno != EINVAL && errno != EPERM)
+		return errno;
+	return close_listed_fds(first, cloexec);
 }
 
 void close_fd(int *fd)

@@ -90,6 +90,12 @@ int ignore_agent_signals(void);
 /* One signal's disposition to SIG_DFL by the raw syscall (no libc bookkeeping). */
 int default_signal(int signum);
 
+/* Closes every fd from `first` up, or with `cloexec` marks them close-on-exec:
+ * close_range(2), or fd by fd as /proc/self/fd lists them where the kernel refuses it
+ * (ENOSYS before Linux 5.9, EINVAL for CLOSE_RANGE_CLOEXEC before 5.11, EPERM from a
+ * container runtime's seccomp profile older than the call). Returns 0 or an errno. */
+int close_fds_from(unsigned int first, int cloexec);
+
 /* Closes fd if >= 0, keeping errno intact, and sets it to -1. */
 void close_fd(int *fd);
 

@@ -17,30 +17,44 @@ import pytest
 import linx
 from tests.conftest import ROOT, SPAWN_PATHS, expect, run_python, spawn_path_env
 
-# What a container runtime's seccomp profile does to a syscall newer than it knows: ENOSYS,
-# so that the C library falls back. libseccomp (through ctypes, as `linx.seccomp` uses it),
-# with TSYNC so that the reactor thread is filtered too. `block_clone3()` then the probe.
-CLONE3_ENOSYS = """
-import ctypes, errno, os
-import linx
+# `refuse(syscall, answer)`: that syscall fails with errno `answer` in this process, its
+# threads (TSYNC: the reactor's too) and all it starts, or only when `flag` is set in its
+# argument `arg`. libseccomp through ctypes, as `linx.seccomp` uses it.
+SECCOMP = """
+import ctypes, errno
 
-def block_clone3():
+class _Cmp(ctypes.Structure):  # struct scmp_arg_cmp
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("mask", ctypes.c_uint64), ("value", ctypes.c_uint64)]
+
+def refuse(syscall, answer, arg=None, flag=0):
     lib = ctypes.CDLL("libseccomp.so.2")
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
-    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_Cmp)]
     lib.seccomp_load.argtypes = lib.seccomp_release.argtypes = [ctypes.c_void_p]
-    SCMP_ACT_ALLOW, SCMP_ACT_ERRNO, SCMP_FLTATR_CTL_TSYNC = 0x7FFF0000, 0x00050000, 4
-    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
-    assert lib.seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) == 0
-    nr = lib.seccomp_syscall_resolve_name(b"clone3")
-    assert lib.seccomp_rule_add(ctx, SCMP_ACT_ERRNO | errno.ENOSYS, nr, 0) == 0
+    allow, fail_with, tsync, masked_eq = 0x7FFF0000, 0x00050000, 4, 7
+    ctx = lib.seccomp_init(allow)
+    assert lib.seccomp_attr_set(ctx, tsync, 1) == 0
+    nr = lib.seccomp_syscall_resolve_name(syscall.encode())
+    when = (0, None) if arg is None else (1, (_Cmp * 1)(_Cmp(arg, masked_eq, flag, flag)))
+    assert lib.seccomp_rule_add_array(ctx, fail_with | answer, nr, *when) == 0
     assert lib.seccomp_load(ctx) == 0
     lib.seccomp_release(ctx)
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.syscall(nr, 0, 0) == -1 and ctypes.get_errno() == errno.ENOSYS
+"""
 
-block_clone3()
+# What a container runtime's seccomp profile does to a syscall newer than it knows: ENOSYS,
+# so that the C library falls back.
+CLONE3_ENOSYS = (
+    SECCOMP
+    + """
+import os
+import linx
+
+refuse("clone3", errno.ENOSYS)
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall(435, 0, 0) == -1 and ctypes.get_errno() == errno.ENOSYS  # clone3
 uid, gid = os.getuid(), os.getgid()
 maps = dict(uid_map=[(0, uid, 1)], gid_map=[(0, gid, 1)], uid=0, gid=0)
 # exits 0 only under a filter: the workload (so its agent too) has the caller's
@@ -56,6 +70,7 @@ for kinds in [[kind] for kind in linx.Namespace] + [list(linx.Namespace)]:
     assert released.wait(30) == linx.Exited(0), kinds
 print("ok")
 """
+)
 
 
 @pytest.mark.parametrize("path", SPAWN_PATHS)
@@ -176,3 +191,57 @@ def test_an_environment_too_big_to_exec_fails_only_the_spawns_that_inherit_it() 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["Exited(code=0)", "execve True"]
+
+
+# The kernel's answers to close_range that linx must get by without, made by a seccomp
+# filter: before Linux 5.9 there is none (ENOSYS); 5.9 and 5.10 refuse CLOSE_RANGE_CLOEXEC
+# (EINVAL); a container runtime's profile older than the call refuses it (EPERM). The
+# workload, parked or not, must start with fds 0, 1 and 2 only.
+CLOSE_RANGE_REFUSED = (
+    SECCOMP
+    + """
+import os, sys, time
+import linx
+
+CLOSE_RANGE_CLOEXEC = 4
+answer = sys.argv[1]
+if answer == "EINVAL":
+    refuse("close_range", errno.EINVAL, arg=2, flag=CLOSE_RANGE_CLOEXEC)
+else:
+    refuse("close_range", getattr(errno, answer))
+
+def workload_fds(pid):
+    # its dynamic loader holds a file open for a moment: wait until it sleeps
+    deadline = time.monotonic() + 10
+    while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "S":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+
+for options in ({}, {"auto_proceed": True},
+                {"namespaces": ["user", "pid"], "uid_map": [(0, 0, 1)], "gid_map": [(0, 0, 1)]}):
+    s = linx.spawn(["/bin/sleep", "30"], **options)
+    ready = s.events.get(timeout=30)
+    assert isinstance(ready, linx.Ready), (options, ready)
+    if not options.get("auto_proceed"):
+        s.proceed()
+    assert isinstance(s.events.get(timeout=30), linx.Running), options
+    assert workload_fds(ready.host_pid) == [0, 1, 2], options
+    s.close()
+print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+@pytest.mark.parametrize("answer", ["ENOSYS", "EINVAL", "EPERM"])
+def test_a_kernel_or_profile_without_close_range_still_spawns_with_only_stdio(
+    answer: str, path: str
+) -> None:
+    # Every spawn failed (close_range/EINVAL), or every agent died at birth (exit status 1),
+    # where the child now marks the fds /proc/self/fd lists one by one.
+    env = {**os.environ, **spawn_path_env(path), "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-c", textwrap.dedent(CLOSE_RANGE_REFUSED), answer]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
