@@ -14,6 +14,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -105,6 +106,33 @@ CHILD_CODE __attribute__((noinline)) static int already_in(const char *path)
 	return cur.st_dev == there.st_dev && cur.st_ino == there.st_ino;
 }
 
+/* chdir(2) refuses a path of PATH_MAX bytes or more (ENAMETOOLONG), yet a caller may be
+ * deeper than that (a build tree, nested node_modules), and a subprocess child would simply
+ * inherit its directory. Such a path is walked in pieces shorter than PATH_MAX, each cut at
+ * a '/' and taken relative to the last. Returns 0 or an errno. */
+CHILD_CODE static int chdir_long(const char *path)
+{
+	char piece[PATH_MAX];
+	size_t len = strlen(path);
+
+	while (len >= PATH_MAX) {
+		size_t cut = PATH_MAX - 1;
+		while (cut > 0 && path[cut] != '/')
+			cut--;
+		if (cut == 0)
+			return ENAMETOOLONG;	/* one name of PATH_MAX bytes */
+		memcpy(piece, path, cut);
+		piece[cut] = '\0';
+		if (chdir(piece) < 0)
+			return errno;
+		while (path[cut] == '/')	/* what is left is relative */
+			cut++;
+		path += cut;
+		len -= cut;
+	}
+	return *path && chdir(path) < 0 ? errno : 0;
+}
+
 /* A caller may be in a directory it could not enter now: a server that dropped root in
  * /root, a `sudo -u` from a private directory. Its own children (subprocess, unshare)
  * inherit that directory without a chdir; ours would be refused it (EACCES). Where the
@@ -112,9 +140,10 @@ CHILD_CODE __attribute__((noinline)) static int already_in(const char *path)
  * its launcher started, the refused chdir has nothing left to do. */
 CHILD_CODE static int step_chdir(const struct child_plan *p)
 {
-	if (!p->req->cwd || chdir(p->req->cwd) == 0)
+	if (!p->req->cwd)
 		return 0;
-	int err = errno;
+	int err = chdir_long(p->req->cwd);
+	/* never already_in a path too long for getcwd: a walk refused half way is no success */
 	return err == EACCES && already_in(p->req->cwd) ? 0 : err;
 }
 

@@ -82,12 +82,22 @@ def test_clone3_failing_with_enosys_under_a_real_seccomp_filter_falls_back(path:
     assert result.stdout.strip() == "ok"
 
 
+def run_code(
+    code: str, *args: str, under: list[str] | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`code` in a fresh interpreter importing this checkout's linx, with `args` as its
+    `sys.argv[1:]`, run by the command `under` if given (`unshare ...`)."""
+    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT / "src")}
+    command = [*(under or []), sys.executable, "-c", textwrap.dedent(code), *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=full_env, cwd="/"
+    )
+
+
 def run_in_new_pid_namespace(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`code` in a fresh interpreter that is init of a new pid namespace, whose /proc is
-    still this one's (`unshare --pid --fork` without `--mount-proc`)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = ["unshare", "--pid", "--fork", sys.executable, "-c", textwrap.dedent(code), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    """`code` as init of a new pid namespace whose /proc is still this one's
+    (`unshare --pid --fork` without `--mount-proc`)."""
+    return run_code(code, *args, under=["unshare", "--pid", "--fork"])
 
 
 # A spawn with maps in the new pid namespace: its workload's uid_map and uid, then the Ready
@@ -157,16 +167,9 @@ def test_a_caller_without_dev_null_is_told_so_and_spawns_once_it_is_back() -> No
     subprocess.run(["umount", "/dev"], check=True)
     print(linx.spawn(["/bin/true"], auto_proceed=True).wait(30))
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    script = 'mount -t tmpfs none /dev && exec "$0" -c "$1"'
-    command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
-    result = subprocess.run(
-        [*command, sys.executable, textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        cwd="/",
+    script = 'mount -t tmpfs none /dev && exec "$0" "$@"'
+    result = run_code(
+        code, under=["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["told", "Exited(code=0)"]
@@ -240,8 +243,37 @@ def test_a_kernel_or_profile_without_close_range_still_spawns_with_only_stdio(
 ) -> None:
     # Every spawn failed (close_range/EINVAL), or every agent died at birth (exit status 1),
     # where the child now marks the fds /proc/self/fd lists one by one.
-    env = {**os.environ, **spawn_path_env(path), "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-c", textwrap.dedent(CLOSE_RANGE_REFUSED), answer]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    result = run_code(CLOSE_RANGE_REFUSED, answer, env=spawn_path_env(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_a_caller_deeper_than_path_max_spawns_in_its_directory(tmp_path: Path, path: str) -> None:
+    # A build tree or nested node_modules can take a directory's path past PATH_MAX (4096),
+    # which chdir(2) refuses (ENAMETOOLONG): every spawn that inherited such a directory
+    # failed at `chdir`, where a subprocess child simply inherits it.
+    code = """
+    import os, sys
+    import linx
+    os.chdir(sys.argv[1])
+    for _ in range(25):
+        os.mkdir("d" * 200)
+        os.chdir("d" * 200)
+    here = os.getcwd()
+    assert len(here) > 4096
+    for options in ({}, {"auto_proceed": True}, {"cwd": here + "//"}):
+        r, w = os.pipe()
+        s = linx.spawn(["/bin/sh", "-c", "pwd"], stdio={"stdout": w}, **options)
+        os.close(w)
+        if not options.get("auto_proceed"):
+            assert isinstance(s.events.get(timeout=30), linx.Ready)
+            s.proceed()
+        assert s.wait(30) == linx.Exited(0), options
+        with os.fdopen(r) as out:
+            assert out.read() == here + "\\n", options
+    print("ok")
+    """
+    result = run_code(code, str(tmp_path), env=spawn_path_env(path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
