@@ -192,8 +192,10 @@ static void close_passed(struct session *s)
 
 static void deliver(struct session *s, uint32_t signum)
 {
-	if (pidfd_send_signal(s->child.pidfd, (int)signum, NULL, 0) < 0)
-		notice(s, "signal", errno);
+	int err = child_signal(&s->child, (int)signum);
+
+	if (err)
+		notice(s, "signal", err);
 }
 
 /* One byte on the release pipe lets the child past the checkpoint; the pipe is then done
@@ -518,6 +520,8 @@ static void buffer_signal(struct session *s, uint32_t signum)
  * would look like a child that broke (ready_frame), and it is on its way already. */
 static void end_now(struct session *s)
 {
+	int err;
+
 	switch (s->phase) {
 	case PH_STARTING:
 		if (s->released_early)
@@ -529,8 +533,8 @@ static void end_now(struct session *s)
 		do_abort(s);
 		break;
 	case PH_RELEASED:
-		if (pidfd_send_signal(s->child.pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
-			notice(s, "kill", errno);
+		if ((err = child_signal(&s->child, SIGKILL)) && err != ESRCH)
+			notice(s, "kill", err);
 		break;
 	case PH_RUNNING:
 		deliver(s, SIGKILL);
@@ -761,11 +765,13 @@ static void orphan(struct session *s)
 		return;
 	s->done = 1;
 	if (!s->req.orphan_linger) {
+		int err;
+
 		/* SIGCONT so a stopped workload gets to act on the SIGTERM within the grace */
-		if (pidfd_send_signal(s->child.pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
-			diag("orphan SIGTERM", errno);
-		if (pidfd_send_signal(s->child.pidfd, SIGCONT, NULL, 0) < 0 && errno != ESRCH)
-			diag("orphan SIGCONT", errno);
+		if ((err = child_signal(&s->child, SIGTERM)) && err != ESRCH)
+			diag("orphan SIGTERM", err);
+		if ((err = child_signal(&s->child, SIGCONT)) && err != ESRCH)
+			diag("orphan SIGCONT", err);
 		if (!exits_within(&s->child, s->req.orphan_grace_ms))
 			child_kill(&s->child);
 	}

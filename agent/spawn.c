@@ -432,13 +432,23 @@ int child_exec_took(const struct child *c)
 	return still_named_pre_exec(c) != 1;
 }
 
+int child_signal(const struct child *c, int sig)
+{
+	if (pidfd_send_signal(c->pidfd, sig, NULL, 0) == 0)
+		return 0;
+	if (errno != EPERM && errno != ENOSYS)
+		return errno;
+	return kill(c->pid, sig) < 0 ? errno : 0;
+}
+
 void child_kill(struct child *c)
 {
 	if (c->pid <= 0)
 		return;
+	int err = child_signal(c, SIGKILL);
 	/* ESRCH: already dead, nothing to do but reap */
-	if (pidfd_send_signal(c->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
-		diag("kill", errno);
+	if (err && err != ESRCH)
+		diag("kill", err);
 }
 
 int child_reap(struct child *c, int *status)

@@ -51,7 +51,11 @@ void child_release_ns(struct child *c);
  * workload's outcome follows anyway, and a workload that ran is never reported failed. */
 int child_exec_took(const struct child *c);
 
-/* SIGKILL via the pidfd. */
+/* Sends sig through the pidfd, or where a seccomp profile refuses pidfd_send_signal (EPERM,
+ * ENOSYS) by kill(2): safe while the child is not reaped, since only our wait frees its
+ * pid. Returns 0 or an errno (ESRCH: it is dead already). */
+int child_signal(const struct child *c, int sig);
+/* SIGKILL (child_signal). */
 void child_kill(struct child *c);
 /* Waits for the child and closes our ends. Returns 0 with its wait status in *status, or
  * waitpid's errno (the child is given up on either way). */
