@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import linx
+from linx import _launcher
 from tests.conftest import ROOT, SPAWN_PATHS, expect, run_python, spawn_path_env
 
 # `refuse(syscall, answer)`: that syscall fails with errno `answer` in this process, its
@@ -313,3 +314,43 @@ def test_signals_reach_the_workload_where_seccomp_refuses_pidfd_send_signal() ->
         "Signaled(signum=2)",
         "('signaled', 9)",
     ], result.stdout
+
+
+# The agent program behind a filter of its own: a caller whose threads and posix_spawn use
+# clone3 could not even start one under a filter that refuses it with EPERM.
+CLONE3_EPERM_AGENT = (
+    SECCOMP
+    + """
+import os, sys
+refuse("clone3", errno.EPERM)
+os.execv(os.environ["LINX_REAL_AGENT"], sys.argv)
+"""
+)
+
+CLONE3_EPERM_SPAWNS = """
+import os
+import linx
+
+uid, gid = os.getuid(), os.getgid()
+maps = dict(uid_map=[(0, uid, 1)], gid_map=[(0, gid, 1)])
+for kinds, options in [([], {}), (["pid", "mount"], {}), (["user", "pid"], maps)]:
+    parked = linx.spawn(["/bin/true"], namespaces=kinds, **options)
+    assert isinstance(parked.events.get(timeout=30), linx.Ready), kinds
+    parked.proceed()
+    assert parked.wait(30) == linx.Exited(0), kinds
+print("ok")
+"""
+
+
+def test_clone3_refused_with_eperm_as_old_container_profiles_do_falls_back(
+    tmp_path: Path,
+) -> None:
+    # Docker's profiles before 20.10 answered EPERM for clone3, which they did not know:
+    # every parked spawn failed with clone/EPERM, where the legacy clone would have done.
+    wrapper = tmp_path / "agent"
+    wrapper.write_text(f"#!{sys.executable}\n{CLONE3_EPERM_AGENT}")
+    wrapper.chmod(0o755)
+    env = {"LINX_AGENT": str(wrapper), "LINX_REAL_AGENT": str(_launcher.agent_path())}
+    result = run_python(CLONE3_EPERM_SPAWNS, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
