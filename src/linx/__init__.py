@@ -6,7 +6,7 @@ exactly one terminal outcome. No forking happens in this process: a small C agen
 session does it, driven over a socket by one background reactor thread.
 
     >>> import linx
-    >>> with linx.spawn(["/bin/echo", "hi"], namespaces=["pid"]) as s:
+    >>> with linx.spawn(["/bin/true"], namespaces=["pid"]) as s:
     ...     ready = s.events.get()        # Ready(host_pid=...)
     ...     s.proceed()
     ...     s.wait()

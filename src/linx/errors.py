@@ -103,7 +103,7 @@ class AlreadyRunning(SessionError):
 
 
 class NotRunning(SessionError):
-    """The verb needs a running workload."""
+    """The verb needs a running workload. No verb of this version raises it."""
 
 
 class NoPty(SessionError):

@@ -221,8 +221,8 @@ class Session:
 
         It goes to the workload alone, not to processes it started. In a new pid namespace
         the workload is that namespace's init, and the kernel drops every signal it has
-        no handler for (SIGKILL from outside excepted): a plain `sleep` ignores SIGTERM
-        there.
+        no handler for (SIGKILL and SIGSTOP from outside excepted): a plain `sleep`
+        ignores SIGTERM there.
         """
         number = _options.validate_signal(signum)
         self._channel.send(lambda state: state.signal(number))
