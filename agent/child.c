@@ -205,16 +205,6 @@ CHILD_CODE static int step_signals(const struct child_plan *p)
 	return 0;
 }
 
-/* 'E' and the report pipe's EOF say we reached execve, not that it took: killed on the
- * way in, we close the pipe just the same. This name tells the agent which it was. */
-CHILD_CODE static int step_pre_exec_name(const struct child_plan *p)
-{
-	(void)p;
-	if (prctl(PR_SET_NAME, CHILD_PRE_EXEC_NAME, 0, 0, 0) < 0)
-		return errno;
-	return 0;
-}
-
 /* CLOEXEC rather than close: the report pipe must stay open up to execve itself. */
 CHILD_CODE static int step_close_fds(const struct child_plan *p)
 {
@@ -239,7 +229,6 @@ static const struct {
 	{ "no_new_privs", step_no_new_privs },
 	{ "sigprocmask", step_signals },
 	{ "close_range", step_close_fds },
-	{ "pre_exec_name", step_pre_exec_name },
 	/* seccomp_install goes here, last (SPEC 5): then the filter only has to allow what
 	 * is left, write (the 'E'/'X' records) and execve */
 };

@@ -34,11 +34,6 @@ struct child_plan {
  * the cgroup the child was moved to while parked, not the agent's. */
 #define CHILD_UNSHARED_NS (CLONE_NEWTIME | CLONE_NEWCGROUP)
 
-/* The name (comm) the child takes right before it reports 'E'. execve names a process
- * after its file's basename, which never holds a '/': a dead child still called this never
- * got through execve (spawn.c, child_exec_took). */
-#define CHILD_PRE_EXEC_NAME "linx/pre-exec"
-
 _Noreturn void child_main(const struct child_plan *p);
 
 /* child_main for glibc's clone(): arg is the plan. */

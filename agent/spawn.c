@@ -395,26 +395,37 @@ void child_release_ns(struct child *c)
 	close_fd(&c->mnt_ns);
 }
 
-/* Whether a child with no memory left still bears the name it took before its exec marker
- * (child.c, step_pre_exec_name): 1 (it never got through execve), 0 (execve renamed it),
- * -1 (no /proc of ours to ask). */
-static int still_named_pre_exec(const struct child *c)
+/* PF_FORKNOEXEC (linux/sched.h), which /proc/<pid>/stat shows in its ninth field. */
+#define TASK_FORKNOEXEC 0x40u
+
+/* Whether a child with no memory left has not been through execve: 1 (it never got
+ * through), 0 (it exec'd), -1 (no /proc of ours to ask). The kernel sets PF_FORKNOEXEC at
+ * the clone and clears it in execve before it closes the close-on-exec fds, and nothing
+ * sets it again: unlike its name, which any workload may change (to what it was before the
+ * exec, even), a process cannot fake it. */
+static int never_execd(const struct child *c)
 {
-	char path[64], name[sizeof(CHILD_PRE_EXEC_NAME) + 1];
+	char path[64], stat[256];
+	unsigned int flags;
 	pid_t pid;
 
 	if (proc_pid(c, &pid))
 		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	ssize_t n = read_some(fd, name, sizeof(name));
+	ssize_t n = read_some(fd, stat, sizeof(stat) - 1);
 	close(fd);
-	if (n < 0)
+	if (n <= 0)
 		return -1;
-	static const char pre_exec[] = CHILD_PRE_EXEC_NAME "\n";
-	return (size_t)n == sizeof(pre_exec) - 1 && memcmp(name, pre_exec, (size_t)n) == 0;
+	stat[n] = '\0';
+	/* the name, in parentheses, may hold anything, ')' and spaces too; the last ')' ends
+	 * it, and flags is the sixth field after it (state ppid pgrp session tty_nr tpgid) */
+	const char *rest = strrchr(stat, ')');
+	if (!rest || sscanf(rest + 1, " %*c %*d %*d %*d %*d %*d %u", &flags) != 1)
+		return -1;
+	return (flags & TASK_FORKNOEXEC) != 0;
 }
 
 int child_exec_took(const struct child *c)
@@ -430,9 +441,8 @@ int child_exec_took(const struct child *c)
 	if (process_vm_readv(c->pid, &local, 1, &remote, 1, 0) >= 0 || errno != ESRCH)
 		return 1;
 	/* No memory: exiting or dead, whether before execve or after (a workload that ran and
-	 * ended already). execve renames it after its file's basename, which holds no '/',
-	 * before it closes the pipe; still so named, it never got through. */
-	return still_named_pre_exec(c) != 1;
+	 * ended already); its flags tell which. */
+	return never_execd(c) != 1;
 }
 
 int child_signal(const struct child *c, int sig)

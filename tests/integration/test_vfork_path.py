@@ -360,3 +360,50 @@ def test_a_child_killed_on_its_way_into_execve_never_reports_running(
     assert json.loads(done.stdout) == {
         json.dumps([["Ready", None], ["Failed", "exec_outcome"]]): 40
     }
+
+
+# --- a workload that renames itself and exits at once -----------------------------------
+
+# A workload done before its agent looks at it (its exec marker, then the report pipe's
+# EOF) has no memory left by then, so what tells the agent it exec'd cannot be its name:
+# a workload may take any name, the very one the child had before execve among them.
+RENAMED_AND_GONE = """
+import collections, json, linx
+seen = collections.Counter()
+for _ in range(40):
+    session = linx.spawn([PROGRAM, NAME, "7"], auto_proceed=AUTO)
+    if not AUTO:
+        session.events.get(timeout=20)
+        session.proceed()
+    try:
+        outcome = repr(session.wait(20))
+    except linx.ProcessError as error:
+        outcome = f"{error.stage}/{error.errno}"
+    seen[outcome] += 1
+    session.close()
+print(json.dumps(dict(seen)))
+"""
+
+
+@pytest.fixture(scope="module")
+def rename_and_exit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    program = tmp_path_factory.mktemp("helpers") / "rename_and_exit"
+    source = Path(__file__).parent / "helpers" / "rename_and_exit.c"
+    subprocess.run(["cc", "-O2", "-static", "-o", str(program), str(source)], check=True)
+    return program
+
+
+@pytest.mark.parametrize("name", ["linx/pre-exec", "linx-agent"])
+@pytest.mark.parametrize(
+    ("path", "auto"),
+    [("vfork", True), ("fork", True), ("fork", False)],
+    ids=["vfork", "fork-auto-proceed", "fork-proceed"],
+)
+def test_a_workload_that_renames_itself_and_exits_at_once_is_reported_as_exited(
+    path: str, auto: bool, name: str, rename_and_exit: Path
+) -> None:
+    code = f"AUTO = {auto}\nPROGRAM = {str(rename_and_exit)!r}\nNAME = {name!r}\n"
+    code += textwrap.dedent(RENAMED_AND_GONE)
+    done = run_python(code, env=spawn_path_env(path), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"Exited(code=7)": 40}
