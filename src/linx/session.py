@@ -275,8 +275,8 @@ class Session:
         the outcome), at once, and the outcome follows as usual. A session whose agent does
         not answer within `CLOSE_TIMEOUT` seconds is released anyway, and threads still in
         `wait()` then raise `NoProcess`; its workload may run on until the agent does (one
-        stopped by SIGSTOP, say, which a workload outside a pid namespace can send it): at
-        our end of the channel it then applies the orphan policy. Idempotent.
+        stopped by SIGSTOP, say, which a workload outside a pid namespace can send it),
+        which then finds the channel closed and applies the orphan policy. Idempotent.
         """
         channel = self._channel
         if not channel.begin_close():
