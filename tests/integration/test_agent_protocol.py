@@ -467,3 +467,24 @@ def test_kill_policy_ends_a_workload_whose_python_closed_at_once(
             assert not pid_alive(host_pid)
         time.sleep(0.4)
         assert not marker.exists(), "an orphaned workload outlived the kill policy"
+
+
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_abort_that_reaches_an_auto_proceed_child_before_ready_is_busy(path: str) -> None:
+    # SPAWN with auto_proceed and ABORT in one write: on the fork-style path the agent
+    # reads the ABORT before the child's ready record, when the child is released already.
+    # Committed to run, it is refused with a NOTICE at READY, never buffered into an ABORTED.
+    raw = RawAgent(env=spawn_path_env(path))
+    try:
+        raw.send(
+            _spawn(argv=(b"/bin/sh", b"-c", b"exit 3"), auto_proceed=1)
+            + _wire.encode(_wire.Abort())
+        )
+        messages = raw.messages()
+    finally:
+        raw.close()
+    assert raw.status == 0
+    assert _wire.Notice(stage=b"abort", errno=errno.EBUSY) in messages, messages
+    lifecycle = [type(m) for m in messages if not isinstance(m, _wire.Notice)]
+    assert lifecycle == [_wire.Spawned, _wire.Ready, _wire.Running, _wire.Exited], messages
+    assert messages[-1] == _wire.Exited(code=3)
