@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -488,3 +489,50 @@ def test_abort_that_reaches_an_auto_proceed_child_before_ready_is_busy(path: str
     lifecycle = [type(m) for m in messages if not isinstance(m, _wire.Notice)]
     assert lifecycle == [_wire.Spawned, _wire.Ready, _wire.Running, _wire.Exited], messages
     assert messages[-1] == _wire.Exited(code=3)
+
+
+def test_a_spawn_frame_of_another_type_is_malformed_request(agent: RawAgent) -> None:
+    # a SPAWN's fields under another type (ENTER, 0x0002, is reserved): the type alone
+    # says what the first frame is, so nothing is started
+    frame = bytearray(_spawn())
+    struct.pack_into("<H", frame, 4, 0x0002)
+    agent.send(bytes(frame))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
+
+@pytest.fixture(scope="module")
+def kill_at_syscall(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    program = tmp_path_factory.mktemp("helpers") / "kill_at_syscall"
+    source = Path(__file__).parent / "helpers" / "kill_at_syscall.c"
+    subprocess.run(
+        ["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(program), str(source)],
+        check=True,
+    )
+    return program
+
+
+@pytest.mark.parametrize("path", SPAWN_PATHS)
+def test_a_child_that_dies_before_its_ready_record_is_ready_frame_eio(
+    path: str, kill_at_syscall: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent under helpers/kill_at_syscall.c: the child dies at its sethostname, after
+    # the clone and before its ready record, leaving no error record. Its EOF is all the
+    # agent gets: ERROR(ready_frame, EIO), never READY, and never a wait for a record that
+    # cannot come.
+    env = {
+        **spawn_path_env(path),
+        "LINX_REAL_AGENT": _launcher.agent_path(),
+        "LINX_KILL_SYSCALL": "sethostname",
+    }
+    monkeypatch.setenv("LINX_AGENT", str(kill_at_syscall))
+    raw = RawAgent(env=env)
+    try:
+        auto = 1 if path == "vfork" else 0
+        raw.send(_spawn(namespaces=CLONE_NEWUTS, hostname=b"box", auto_proceed=auto))
+        messages = raw.messages()
+    finally:
+        raw.close()
+    assert raw.status == 0
+    assert [type(m) for m in messages] == [_wire.Spawned, _wire.Error], messages
+    assert _error(messages) == ("ready_frame", errno.EIO)
