@@ -631,6 +631,21 @@ def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running
     assert session.info().stage == "errored"
 
 
+
+def test_a_child_killed_while_parked_is_exec_outcome_eio(session_factory: Factory) -> None:
+    # No PROCEED: the child dies at the checkpoint, and its report pipe's EOF is the only
+    # sign (protocol.md: EOF while parked). The session fails at once, not at a later
+    # PROCEED, and not never.
+    session = session_factory(["/bin/sleep", "30"])
+    ready = expect(session, linx.Ready)
+    os.kill(ready.host_pid, signal.SIGKILL)
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed], events
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "exec_outcome", errno.EIO)
+    assert session.info().stage == "errored"
+
 INTERRUPTED_AS_THE_LAUNCHER_IS_STORED = """
 import os, sys
 import linx
