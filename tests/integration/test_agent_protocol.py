@@ -28,6 +28,7 @@ from tests.conftest import (
     child_pids,
     pid_alive,
     process_state,
+    read_to_eof,
     run_python,
     spawn_path_env,
     wait_until,
@@ -536,3 +537,114 @@ def test_a_child_that_dies_before_its_ready_record_is_ready_frame_eio(
     assert raw.status == 0
     assert [type(m) for m in messages] == [_wire.Spawned, _wire.Error], messages
     assert _error(messages) == ("ready_frame", errno.EIO)
+
+
+def _read_until(raw: RawAgent, kind: type[_wire.Message]) -> list[_wire.Message]:
+    """What the agent says up to and including its first `kind` frame."""
+    raw.sock.settimeout(10)
+    seen: list[_wire.Message] = []
+    while not any(isinstance(m, kind) for m in seen):
+        data = raw.sock.recv(65536)
+        assert data, f"the agent closed the channel: {seen}"
+        seen += raw.reader.feed(data)
+    return seen
+
+
+MALFORMED_COMMAND = _wire.Notice(stage=b"malformed_command", errno=errno.EINVAL)
+
+
+def test_proceed_read_before_ready_is_a_notice_and_the_child_stays_parked() -> None:
+    # SPAWN and PROCEED in one write: the agent reads the PROCEED while the child has not
+    # reported ready. Refused with NOTICE(proceed, EAGAIN), it releases nothing: the child
+    # is parked at READY and an ABORT still ends it.
+    raw = RawAgent(env=spawn_path_env("fork"))
+    try:
+        raw.send(_spawn(argv=(b"/bin/sleep", b"30")) + _wire.encode(_wire.Proceed()))
+        seen = _read_until(raw, _wire.Ready)
+        raw.send(_wire.encode(_wire.Abort()))
+        messages = seen + raw.messages()
+    finally:
+        raw.close()
+    assert raw.status == 0
+    assert _wire.Notice(stage=b"proceed", errno=errno.EAGAIN) in messages, messages
+    lifecycle = [type(m) for m in messages if not isinstance(m, _wire.Notice)]
+    assert lifecycle == [_wire.Spawned, _wire.Ready, _wire.Aborted], messages
+
+
+def test_signal_without_signum_is_a_notice_and_the_session_goes_on(agent: RawAgent) -> None:
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"sleep 0.3; exit 4")))
+    agent.send(struct.pack("<IH", 2, _wire.Signal.TYPE))
+    messages = agent.messages()
+    assert MALFORMED_COMMAND in messages, messages
+    assert messages[-1] == _wire.Exited(code=4)
+
+
+def test_command_shorter_than_its_type_is_a_notice_and_skipped() -> None:
+    # length 1: one byte of body, not even a type; it is skipped whole, so the PROCEED
+    # behind it is read as the next frame
+    raw = RawAgent()
+    try:
+        raw.send(_spawn(argv=(b"/bin/sh", b"-c", b"exit 4")))
+        _read_until(raw, _wire.Ready)
+        raw.send(struct.pack("<IB", 1, 0x10) + _wire.encode(_wire.Proceed()))
+        messages = raw.messages()
+    finally:
+        raw.close()
+    assert raw.status == 0
+    assert messages == [MALFORMED_COMMAND, _wire.Running(), _wire.Exited(code=4)]
+
+
+def test_fds_sent_with_a_command_are_closed() -> None:
+    # Commands take no fds (protocol.md): the agent closes any that come with one, at
+    # once, and acts on the command. A pipe's write end kept by the agent would hold off
+    # its reader's EOF for as long as the session lives.
+    raw = RawAgent()
+    read_end, write_end = os.pipe()
+    try:
+        raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
+        _read_until(raw, _wire.Ready)
+        frame = _wire.encode(_wire.Signal(signum=0))
+        rights = array.array("i", [write_end])
+        raw.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        os.close(write_end)
+        write_end = -1
+        # the session lives on (parked); only the agent could still hold the write end
+        assert read_to_eof(read_end, timeout=5) == b""
+        raw.send(_wire.encode(_wire.Abort()))
+        assert raw.messages() == [_wire.Aborted()]
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+        raw.close()
+    assert raw.status == 0
+
+
+@pytest.mark.skipif(
+    "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
+    reason="a sanitizer runtime opens files of its own as the agent exits (at its fd limit)",
+)
+def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> None:
+    # At the agent's RLIMIT_NOFILE the kernel drops a command's fd (MSG_CTRUNC): the
+    # command is still acted on, and what was lost is a NOTICE, not an end of the session.
+    raw = RawAgent()
+    read_end, write_end = os.pipe()
+    try:
+        raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
+        _read_until(raw, _wire.Ready)
+        limit = -1
+        while limit != _lowest_free_fd(raw.pid):
+            limit = _lowest_free_fd(raw.pid)
+            resource.prlimit(raw.pid, resource.RLIMIT_NOFILE, (limit, 1024))
+            time.sleep(0.05)
+        frame = _wire.encode(_wire.Signal(signum=0))
+        rights = array.array("i", [write_end])
+        raw.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        assert _read_until(raw, _wire.Notice) == [MALFORMED_COMMAND]
+        raw.send(_wire.encode(_wire.Abort()))
+        assert raw.messages() == [_wire.Aborted()]
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+        raw.close()
+    assert raw.status == 0
