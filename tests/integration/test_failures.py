@@ -238,6 +238,22 @@ def test_connect_unix_to_an_over_long_path_fails_with_enametoolong(
     assert_process_error(fails_before_ready(session), "connect_unix", errno.ENAMETOOLONG, path)
 
 
+@pytest.mark.parametrize(
+    ("length", "err"),
+    [(107, errno.ENOENT), (108, errno.ENAMETOOLONG)],
+    ids=["fits", "one-too-many"],
+)
+def test_connect_unix_path_limit_is_sun_path_less_its_nul(
+    session_factory: Factory, length: int, err: int
+) -> None:
+    # sun_path holds 108 bytes and connect_unix adds the NUL: 107 is the longest path that
+    # is tried (no socket is there), 108 is refused before any connect
+    path = "/tmp/linx-no-such-socket-" + "x" * (length - 25)
+    assert len(path) == length
+    session = session_factory(["/bin/true"], stdio={"stdin": ("connect_unix", path)})
+    assert_process_error(fails_before_ready(session), "connect_unix", err)
+
+
 # --- the agent dies ---------------------------------------------------------------------------
 
 
