@@ -205,6 +205,21 @@ def test_unknown_tags_even_repeated_are_skipped(agent: RawAgent, tag: int) -> No
     assert agent.messages()[-1] == _wire.Exited(code=0)
 
 
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [(1, struct.pack("<I", 1)), (4, b"/"), (10, struct.pack("<I", 0))],
+    ids=["version", "cwd", "uid"],
+)
+def test_a_known_field_given_twice_is_malformed_request(
+    agent: RawAgent, tag: int, value: bytes
+) -> None:
+    # only argv and env repeat; a second cwd or uid is not a value to pick one of
+    request = _spawn(auto_proceed=1, cwd=b"/", uid=0)
+    body = request[4:] + struct.pack("<HI", tag, len(value)) + value
+    agent.send(struct.pack("<I", len(body)) + body)
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
 def test_request_over_the_cap_is_refused_from_its_header(agent: RawAgent) -> None:
     agent.send(struct.pack("<IH", _wire.MAX_REQUEST + 1, _wire.Spawn.TYPE))
     assert _error(agent.messages()) == ("request_too_big", errno.EMSGSIZE)
