@@ -142,6 +142,12 @@ def test_nul_inside_argv_is_malformed_request(agent: RawAgent) -> None:
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
 
 
+def test_a_request_without_argv_is_malformed_request(agent: RawAgent) -> None:
+    # nothing to execute: refused as a request, never cloned to fail at execve
+    agent.send(_spawn(argv=(), auto_proceed=1))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
     # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
