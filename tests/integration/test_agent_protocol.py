@@ -148,6 +148,21 @@ def test_a_request_without_argv_is_malformed_request(agent: RawAgent) -> None:
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
 
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x04\x00\x01", struct.pack("<HI", 4, 2) + b"/"],
+    ids=["short-header", "short-value"],
+)
+def test_a_request_ending_in_a_partial_field_is_malformed_request(
+    agent: RawAgent, tail: bytes
+) -> None:
+    # every field whole: a request cut short inside its last field is refused, not run
+    # on what came before the cut
+    body = _spawn(auto_proceed=1)[4:] + tail
+    agent.send(struct.pack("<I", len(body)) + body)
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
     # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
