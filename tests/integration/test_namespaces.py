@@ -313,6 +313,19 @@ def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespac
     assert sorted(groups.split()) == ["100", "65534"]
 
 
+
+def test_cwd_is_entered_before_the_ids_change(session_factory: Factory, tmp_path: Path) -> None:
+    # chdir comes before setuid (protocol.md, the child's steps): a directory only the
+    # caller may enter is still the workload's cwd when it runs as another user, as
+    # with `cd private && setpriv --reuid nobody cmd`
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    session, output = capture_stdout(
+        session_factory, ["/bin/sh", "-c", "pwd; id -u"], cwd=str(private), uid=65534, gid=65534
+    )
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert output.decode().split("\n")[:2] == [str(private), "65534"]
+
 # A root caller with supplementary groups (root, disk, shadow) spawns with other ids.
 GROUPS_PROGRAM = """
     import json, os
