@@ -163,6 +163,28 @@ def test_a_request_ending_in_a_partial_field_is_malformed_request(
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
 
+@pytest.mark.parametrize("field", ["uid", "gid"])
+def test_an_id_of_all_ones_is_malformed_request(agent: RawAgent, field: str) -> None:
+    # (u32)-1 means "leave unchanged" to setresuid/setresgid: the workload would keep ours
+    agent.send(_spawn(auto_proceed=1, **{field: 0xFFFFFFFF}))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
+
+def test_stdio_fd_index_one_past_the_fds_sent_is_malformed_request(agent: RawAgent) -> None:
+    # one fd sent: index 0 is it, index 1 is past the end of what the agent took
+    read_end, write_end = os.pipe()
+    try:
+        agent.sock.sendmsg(
+            [_spawn(auto_proceed=1, stdout=_wire.stdio_fd(1))],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))],
+        )
+        os.close(write_end)
+        assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+        assert os.read(read_end, 1) == b""  # and the fd it took is closed
+    finally:
+        os.close(read_end)
+
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
     # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
@@ -295,6 +317,36 @@ def test_kill_aborts_a_parked_child_kills_a_running_one_and_takes_no_body(
         running.close()
     assert running.status == 0
 
+
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\x01\x00\x04", struct.pack("<HI", 7, 4) + b"xy"],
+    ids=["short-header", "short-value"],
+)
+def test_a_command_ending_in_a_partial_field_is_a_notice(agent: RawAgent, tail: bytes) -> None:
+    # a SIGNAL whose signum is whole but whose frame ends inside another field: malformed,
+    # like a request cut short, so the SIGKILL in it is not sent
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"sleep 0.3; exit 4")))
+    body = _wire.encode(_wire.Signal(signum=signal.SIGKILL))[4:] + tail
+    agent.send(struct.pack("<I", len(body)) + body)
+    messages = agent.messages()
+    assert MALFORMED_COMMAND in messages, messages
+    assert messages[-1] == _wire.Exited(code=4)
+
+
+def test_a_command_of_exactly_the_cap_is_taken(agent: RawAgent) -> None:
+    # the cap is the largest length allowed, not the first refused: a SIGNAL padded with
+    # an unknown field to MAX_COMMAND bytes is acted on like any other
+    agent.send(_spawn(argv=(b"/bin/sleep", b"30")))
+    _read_until(agent, _wire.Ready)
+    signal_body = _wire.encode(_wire.Signal(signum=0))[4:]
+    pad = _wire.MAX_COMMAND - len(signal_body) - 6
+    body = signal_body + struct.pack("<HI", 99, pad) + b"\0" * pad
+    assert len(body) == _wire.MAX_COMMAND
+    agent.send(struct.pack("<I", len(body)) + body + _wire.encode(_wire.Abort()))
+    assert agent.messages() == [_wire.Aborted()]
 
 def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
     agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
