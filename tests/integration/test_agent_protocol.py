@@ -185,6 +185,24 @@ def test_stdio_fd_index_one_past_the_fds_sent_is_malformed_request(agent: RawAge
     finally:
         os.close(read_end)
 
+def test_a_hostname_without_a_uts_namespace_is_malformed_request(agent: RawAgent) -> None:
+    # the child's sethostname would rename the host's UTS namespace (ours)
+    before = socket.gethostname()
+    agent.send(_spawn(auto_proceed=1, hostname=b"renamed-by-linx"))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+    assert socket.gethostname() == before
+
+
+@pytest.mark.parametrize("value", [b"", b"bogus", b"denyx", b"Allow"])
+def test_setgroups_other_than_allow_or_deny_is_malformed_request(
+    agent: RawAgent, value: bytes
+) -> None:
+    request = _spawn(namespaces=CLONE_NEWUSER, setgroups=value, auto_proceed=1)
+    agent.send(request)
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
     # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
