@@ -354,6 +354,15 @@ def test_a_command_ending_in_a_partial_field_is_a_notice(agent: RawAgent, tail: 
     assert messages[-1] == _wire.Exited(code=4)
 
 
+def test_a_signal_with_two_signums_is_a_notice(agent: RawAgent) -> None:
+    # which of the two was meant is not for the agent to pick: neither is sent
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"sleep 0.3; exit 4")))
+    body = _wire.encode(_wire.Signal(signum=0))[4:] + struct.pack("<HII", 1, 4, signal.SIGKILL)
+    agent.send(struct.pack("<I", len(body)) + body)
+    messages = agent.messages()
+    assert MALFORMED_COMMAND in messages, messages
+    assert messages[-1] == _wire.Exited(code=4)
+
 def test_a_command_of_exactly_the_cap_is_taken(agent: RawAgent) -> None:
     # the cap is the largest length allowed, not the first refused: a SIGNAL padded with
     # an unknown field to MAX_COMMAND bytes is acted on like any other
@@ -436,6 +445,40 @@ def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
     launcher.close()
     assert launcher.status == 0
 
+
+@pytest.mark.skipif(
+    "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
+    reason="a sanitizer runtime opens files of its own as the launcher exits (at its fd limit)",
+)
+def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile() -> None:
+    # At the launcher's RLIMIT_NOFILE the kernel drops START_AGENT's fd (MSG_CTRUNC): the
+    # request was fine, so it is that token's LAUNCH_FAILED, and the launcher goes on
+    launcher = RawLauncher()
+    ours, agent_end = socket.socketpair()
+    try:
+        assert wait_until(lambda: "poll" in Path(f"/proc/{launcher.pid}/wchan").read_text())
+        limit = -1
+        while limit != _lowest_free_fd(launcher.pid):
+            limit = _lowest_free_fd(launcher.pid)
+            resource.prlimit(launcher.pid, resource.RLIMIT_NOFILE, (limit, 1024))
+            time.sleep(0.05)
+        frame = _wire.encode(_wire.StartAgent(token=7))
+        fds = array.array("i", [agent_end.fileno()])
+        launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        agent_end.close()
+        launcher.sock.settimeout(10)
+        reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
+        replies: list[_wire.Message] = []
+        while not replies:
+            data = launcher.sock.recv(65536)
+            assert data, "the launcher closed its channel"
+            replies += reader.feed(data)
+        assert replies == [_wire.LaunchFailed(token=7, stage=b"recvmsg", errno=errno.EMFILE)]
+        assert not launcher.exited()
+    finally:
+        ours.close()
+        launcher.close()
+    assert launcher.status == 0
 
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     result = run_python(
