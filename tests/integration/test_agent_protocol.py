@@ -480,6 +480,28 @@ def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile()
         launcher.close()
     assert launcher.status == 0
 
+def test_a_start_agent_over_the_launcher_cap_forks_no_agent() -> None:
+    # MAX_LAUNCHER_REQUEST is the launcher's cap: a START_AGENT padded past it (with an
+    # unknown field, otherwise well formed, its fd attached) is refused like any
+    # malformed frame, and the launcher exits without forking
+    launcher = RawLauncher()
+    ours, agent_end = socket.socketpair()
+    body = _wire.encode(_wire.StartAgent(token=5))[4:]
+    pad = _wire.MAX_LAUNCHER_REQUEST + 1 - len(body) - 6
+    body += struct.pack("<HI", 99, pad) + b"\0" * pad
+    assert len(body) == _wire.MAX_LAUNCHER_REQUEST + 1
+    fds = array.array("i", [agent_end.fileno()])
+    launcher.sock.sendmsg(
+        [struct.pack("<I", len(body)) + body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+    )
+    agent_end.close()
+    assert wait_until(lambda: launcher.exited(), 5), "the launcher took an oversized frame"
+    ours.settimeout(5)
+    assert ours.recv(1) == b"", "an agent holds the socket"
+    ours.close()
+    launcher.close()
+    assert launcher.status == 0
+
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     result = run_python(
         """
