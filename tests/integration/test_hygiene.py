@@ -1042,3 +1042,46 @@ def test_a_keyboard_interrupt_as_a_spawn_attaches_its_channel_leaves_nothing_beh
     result = run_python(INTERRUPTED_ATTACH, env={"INTERRUPTED_AT": where})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["interrupted", "([], 0)", "Exited(code=0)"]
+
+
+SIGNALED_GROUP = """
+import os, queue, signal
+import linx
+
+signum = SIGNUM
+signal.signal(signum, signal.SIG_IGN)  # ours to ignore; the agent must do without it
+session = linx.spawn(["/bin/sleep", "30"])
+assert isinstance(session.events.get(timeout=10), linx.Ready)
+os.killpg(0, signum)  # as a terminal or a supervisor would: to the whole group
+session.abort()
+try:
+    print(type(session.events.get(timeout=10)).__name__)
+except queue.Empty:
+    print("no answer")
+os.killpg(0, signal.SIGCONT)  # a stopped agent (the failure) must not stay stopped
+session.close()
+"""
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+    ],
+    ids=lambda s: signal.Signals(s).name,
+)
+def test_a_signal_to_the_callers_process_group_neither_kills_nor_stops_the_agent(
+    signum: int,
+) -> None:
+    # A terminal's Ctrl-C/Ctrl-Z/hang-up and a job's background stops go to the whole
+    # process group, launcher and agents included: killed, the session would be lost;
+    # stopped, it would answer nothing until a SIGCONT. The agent still answers an ABORT.
+    done = run_python(SIGNALED_GROUP.replace("SIGNUM", str(int(signum))), process_group=0)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Aborted"]
