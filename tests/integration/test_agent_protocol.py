@@ -819,3 +819,25 @@ def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> N
         os.close(read_end)
         raw.close()
     assert raw.status == 0
+
+
+
+def test_kill_policy_wakes_a_stopped_workload_to_act_on_its_sigterm(tmp_path: Path) -> None:
+    # The orphan kill policy sends SIGTERM and then SIGCONT: a workload stopped when its
+    # Python went away still gets to act on the SIGTERM within the grace, rather than
+    # sitting stopped until the SIGKILL.
+    log = tmp_path / "log"
+    script = f"trap 'echo term >> {log}; exit 0' TERM; echo trapped > {log}; "
+    script += "while :; do sleep 0.05; done"
+    raw = RawAgent()
+    try:
+        raw.send(_spawn(argv=(b"/bin/sh", b"-c", script.encode()), auto_proceed=1))
+        seen = _read_until(raw, _wire.Running)
+        host_pid = next(m.host_pid for m in seen if isinstance(m, _wire.Ready))
+        assert wait_until(lambda: log.exists() and "trapped" in log.read_text())
+        os.kill(host_pid, signal.SIGSTOP)
+        assert wait_until(lambda: _stopped(host_pid), 5)
+    finally:
+        raw.close()  # EOF: the kill policy, with its default 5 s grace; waits for the agent
+    assert raw.status == 0
+    assert log.read_text().split() == ["trapped", "term"]
