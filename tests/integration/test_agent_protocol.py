@@ -750,14 +750,21 @@ def test_signal_without_signum_is_a_notice_and_the_session_goes_on(agent: RawAge
     assert messages[-1] == _wire.Exited(code=4)
 
 
-def test_command_shorter_than_its_type_is_a_notice_and_skipped() -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "header-first"])
+def test_command_shorter_than_its_type_is_a_notice_and_skipped(split: bool) -> None:
     # length 1: one byte of body, not even a type; it is skipped whole, so the PROCEED
-    # behind it is read as the next frame
+    # behind it is read as the next frame. Header first: the agent may read the header
+    # alone, and must wait for the byte before it skips anything.
     raw = RawAgent()
     try:
         raw.send(_spawn(argv=(b"/bin/sh", b"-c", b"exit 4")))
         _read_until(raw, _wire.Ready)
-        raw.send(struct.pack("<IB", 1, 0x10) + _wire.encode(_wire.Proceed()))
+        frames = struct.pack("<IB", 1, 0x10) + _wire.encode(_wire.Proceed())
+        if split:
+            raw.send(frames[:4])
+            time.sleep(0.2)  # not needed to pass: gives the agent time to read the header
+            frames = frames[4:]
+        raw.send(frames)
         messages = raw.messages()
     finally:
         raw.close()
