@@ -848,3 +848,20 @@ def test_kill_policy_wakes_a_stopped_workload_to_act_on_its_sigterm(tmp_path: Pa
         raw.close()  # EOF: the kill policy, with its default 5 s grace; waits for the agent
     assert raw.status == 0
     assert log.read_text().split() == ["trapped", "term"]
+
+
+
+def test_a_signal_past_the_buffers_end_is_a_notice_enobufs() -> None:
+    # 65536 signals are buffered before RUNNING; the next is dropped with
+    # NOTICE(signal, ENOBUFS) (protocol.md), which tells it from a failed allocation
+    raw = RawAgent()
+    try:
+        raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
+        _read_until(raw, _wire.Ready)
+        raw.send(_wire.encode(_wire.Signal(signum=0)) * (65536 + 1))
+        raw.send(_wire.encode(_wire.Abort()))
+        messages = raw.messages()
+    finally:
+        raw.close()
+    assert raw.status == 0
+    assert messages == [_wire.Notice(stage=b"signal", errno=errno.ENOBUFS), _wire.Aborted()]
