@@ -865,3 +865,33 @@ def test_a_signal_past_the_buffers_end_is_a_notice_enobufs() -> None:
         raw.close()
     assert raw.status == 0
     assert messages == [_wire.Notice(stage=b"signal", errno=errno.ENOBUFS), _wire.Aborted()]
+
+
+
+def test_more_fds_than_the_agent_keeps_are_malformed_request() -> None:
+    # The fd FIFO keeps 1,024 (protocol.md): a SPAWN sent in five pieces, each with 220
+    # fds (one pipe end, repeated), brings 1,100. The agent has room for them all (its
+    # RLIMIT_NOFILE raised), so this is the sender's malformed input, not EMFILE: refused,
+    # and nothing is cloned
+    raw = RawAgent()
+    read_end, write_end = os.pipe()
+    try:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.prlimit(raw.pid, resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        request = _spawn(auto_proceed=1)
+        step = -(-len(request) // 5)
+        pieces = [request[i : i + step] for i in range(0, len(request), step)]
+        rights = array.array("i", [write_end] * 220)
+        for piece in pieces:
+            raw.sock.sendmsg([piece], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        os.close(write_end)
+        write_end = -1
+        assert _error(raw.messages()) == ("malformed_request", errno.EINVAL)
+        assert child_pids(raw.pid) == []
+        assert os.read(read_end, 1) == b""  # every copy it took is closed again
+    finally:
+        if write_end >= 0:
+            os.close(write_end)
+        os.close(read_end)
+        raw.close()
+    assert raw.status == 0
