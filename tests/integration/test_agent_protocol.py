@@ -895,3 +895,18 @@ def test_more_fds_than_the_agent_keeps_are_malformed_request() -> None:
         os.close(read_end)
         raw.close()
     assert raw.status == 0
+
+
+
+@pytest.mark.parametrize("mode", ["--agent", "--launcher"])
+def test_fd_3_that_is_not_a_socket_is_refused_at_start(mode: str) -> None:
+    # started by hand with /dev/null on fd 3: usage status 2 and a line naming fd 3,
+    # before any protocol work (it would otherwise take the file for its channel)
+    done = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$0" "$1" 3</dev/null', _launcher.agent_path(), mode],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.startswith("linx-agent: fd 3: "), done.stderr
