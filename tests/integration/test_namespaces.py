@@ -326,6 +326,20 @@ def test_cwd_is_entered_before_the_ids_change(session_factory: Factory, tmp_path
     assert session.wait(timeout=10) == linx.Exited(code=0)
     assert output.decode().split("\n")[:2] == [str(private), "65534"]
 
+
+@pytest.mark.parametrize("given", [True, False])
+def test_no_new_privs_is_set_in_the_workload_exactly_when_asked(
+    session_factory: Factory, given: bool
+) -> None:
+    # PR_SET_NO_NEW_PRIVS survives execve: the workload's own status shows it
+    session, output = capture_stdout(
+        session_factory,
+        ["/bin/sh", "-c", "grep NoNewPrivs /proc/self/status"],
+        no_new_privs=given,
+    )
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert output.decode().split() == ["NoNewPrivs:", "1" if given else "0"]
+
 # A root caller with supplementary groups (root, disk, shadow) spawns with other ids.
 GROUPS_PROGRAM = """
     import json, os
