@@ -910,3 +910,15 @@ def test_fd_3_that_is_not_a_socket_is_refused_at_start(mode: str) -> None:
     )
     assert done.returncode == 2, done
     assert done.stderr.startswith("linx-agent: fd 3: "), done.stderr
+
+
+
+def test_a_signal_the_kernel_refuses_is_a_notice_and_the_session_goes_on(
+    agent: RawAgent,
+) -> None:
+    # no signal 999: pidfd_send_signal's EINVAL comes back as NOTICE(signal, EINVAL)
+    agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sh", b"-c", b"sleep 0.3; exit 4")))
+    _read_until(agent, _wire.Running)
+    agent.send(_wire.encode(_wire.Signal(signum=999)))
+    messages = agent.messages()
+    assert messages == [_wire.Notice(stage=b"signal", errno=errno.EINVAL), _wire.Exited(code=4)]
