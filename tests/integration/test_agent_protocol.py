@@ -203,6 +203,14 @@ def test_setgroups_other_than_allow_or_deny_is_malformed_request(
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
 
+@pytest.mark.parametrize("size", [1, 5, 7])
+def test_groups_not_a_whole_number_of_u32s_is_malformed_request(
+    agent: RawAgent, size: int
+) -> None:
+    agent.send(_spawn(auto_proceed=1, uid=0, gid=0, groups=b"\0" * size))
+    assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
+    assert child_pids(agent.pid) == []
+
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
     # Neither is a CLONE_NEW* flag: 0x20 lies in clone's exit-signal byte, 0x80000000 is
