@@ -214,3 +214,45 @@ def test_known_frames_with_garbage_fields_raise_only_wire_error(
         _wire.FrameReader(table, 1 << 16).feed(frame)
     except _wire.WireError:
         pass
+
+
+def test_inbound_frames_are_capped_at_16_mib_by_default() -> None:
+    # protocol.md, Limits: any frame from the agent or launcher is at most 16 MiB; a reader
+    # made without a cap (the channel's, the launcher's) must refuse a larger length.
+    reader = _wire.FrameReader(_wire.AGENT_MESSAGES)
+    with pytest.raises(_wire.WireError, match="exceeds the cap"):
+        reader.feed(struct.pack("<IH", (16 << 20) + 1, _wire.Running.TYPE))
+    header = struct.pack("<IH", 16 << 20, _wire.Running.TYPE)
+    assert _wire.FrameReader(_wire.AGENT_MESSAGES).feed(header) == []  # waits for the rest
+
+
+def test_an_integer_field_longer_than_its_width_is_refused() -> None:
+    # Eight bytes for a u32 is a malformed field, not a u32 and four bytes to drop.
+    body = struct.pack("<H", _wire.Exited.TYPE) + struct.pack("<HI", 1, 8) + bytes(8)
+    with pytest.raises(_wire.WireError, match="8 bytes for a u32"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(struct.pack("<I", len(body)) + body)
+
+
+def test_a_body_of_the_usual_size_with_other_field_sizes_is_not_read_as_usual() -> None:
+    # SPAWNED is usually two u32 fields, 20 bytes. This body of 20 bytes has a first field
+    # of 8 bytes and a second of 0, and where the usual layout has its second tag, a 2:
+    # read as the usual layout it would give host_pid 7 instead of refusing a u32 of 8.
+    body = struct.pack("<HI", 1, 8) + struct.pack("<IHH", 7, 2, 0) + struct.pack("<HI", 2, 0)
+    with pytest.raises(_wire.WireError, match="8 bytes for a u32"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(_frame(_wire.Spawned, body))
+
+
+def test_encoding_refuses_a_bool_for_an_integer_field() -> None:
+    with pytest.raises(_wire.WireError, match="needs an int"):
+        _wire.encode(_wire.Signal(signum=True))
+
+
+def test_the_same_long_tuple_as_two_repeated_fields_encodes_each_with_its_own_tag() -> None:
+    # The encoder caches the last long repeated field by identity; the cache must be per
+    # tag, or the second field would be sent with the first one's tag.
+    items = tuple(b"K%d=v" % i for i in range(12))
+    request = _wire.Spawn(version=1, argv=items, env=items)
+    [decoded] = _wire.FrameReader(_wire.SESSION_REQUESTS, _wire.MAX_REQUEST).feed(
+        _wire.encode(request)
+    )
+    assert decoded == request
