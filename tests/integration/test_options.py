@@ -36,6 +36,7 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("env-value-nul", "env", "ValueError", "'a\\x00b'", "spawn(T, env={'K': v})"),
     ("env-entry-nul", "env", "ValueError", "'K=a\\x00b'", "spawn(T, env=[v])"),
     ("env-entry-without-equals", "env", "ValueError", "'NOEQUALS'", "spawn(T, env=[v])"),
+    ("env-entry-without-key", "env", "ValueError", "'=VALUE'", "spawn(T, env=[v])"),
     ("env-wrong-type", "env", "TypeError", "42", "spawn(T, env=v)"),
     ("env-plain-str", "env", "TypeError", "'K=V'", "spawn(T, env=v)"),
     ("env-entry-wrong-type", "env", "TypeError", "42", "spawn(T, env=['K=V', v])"),
@@ -223,6 +224,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("setgroups-bad-value", "setgroups", "ValueError", "'maybe'", "spawn(T, setgroups=v)"),
     ("uid-negative", "uid", "ValueError", "-1", "spawn(T, uid=v)"),
     ("uid-too-big", "uid", "ValueError", "2**32", "spawn(T, uid=v)"),
+    ("uid-minus-one-as-u32", "uid", "ValueError", "2**32 - 1", "spawn(T, uid=v)"),  # "unchanged"
+    ("gid-minus-one-as-u32", "gid", "ValueError", "2**32 - 1", "spawn(T, gid=v)"),
     ("uid-bool", "uid", "TypeError", "True", "spawn(T, uid=v)"),
     ("uid-str", "uid", "TypeError", "'0'", "spawn(T, uid=v)"),
     ("gid-negative", "gid", "ValueError", "-1", "spawn(T, gid=v)"),

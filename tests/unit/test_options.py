@@ -178,3 +178,25 @@ def test_stage_path_names_no_socket_when_two_streams_name_different_ones() -> No
         stdout=_wire.stdio_connect_unix(b"/run/a"), stderr=_wire.stdio_connect_unix(b"/run/b")
     )
     assert _options.stage_path(request, "connect_unix") is None
+
+
+def test_namespace_names_are_taken_in_any_case() -> None:
+    plan = _options.plan_spawn(["/bin/true"], namespaces=["PID", "Net"])
+    flags = _options.CLONE_FLAGS
+    assert plan.request.namespaces == flags[_options.Namespace.PID] | flags[_options.Namespace.NET]
+    plan.close_fds()
+
+
+def test_a_bare_kill_orphan_policy_has_the_default_grace_of_five_seconds() -> None:
+    # design.md: SIGTERM, then SIGKILL after the grace, ("kill", 5.0) by default; "kill"
+    # alone (OrphanPolicy's Literal) is that default, sent to the agent in milliseconds.
+    bare = _options.plan_spawn(["/bin/true"], orphan_policy="kill")
+    given = _options.plan_spawn(["/bin/true"], orphan_policy=("kill", 5.0))
+    default = _options.plan_spawn(["/bin/true"])
+    for plan in (bare, given, default):
+        assert plan.request.orphan_grace_ms == 5000 and plan.request.orphan_linger is None
+        assert plan.orphan_grace == 5.0
+        plan.close_fds()
+    linger = _options.plan_spawn(["/bin/true"], orphan_policy="linger")
+    assert linger.request.orphan_linger == 1 and linger.orphan_grace is None
+    linger.close_fds()
