@@ -200,3 +200,12 @@ def test_a_bare_kill_orphan_policy_has_the_default_grace_of_five_seconds() -> No
     linger = _options.plan_spawn(["/bin/true"], orphan_policy="linger")
     assert linger.request.orphan_linger == 1 and linger.orphan_grace is None
     linger.close_fds()
+
+
+def test_an_id_map_of_340_lines_is_taken_and_one_of_341_refused() -> None:
+    # The kernel's limit on lines (user_namespaces(7)), well under a page written out
+    # here: the line count alone must refuse the 341st.
+    lines = [(i, 1000 + i, 1) for i in range(341)]
+    assert len(_options._id_map("uid_map", lines[:340]).splitlines()) == 340
+    with pytest.raises(ValueError, match="uid_map has 341 entries; the kernel allows 340"):
+        _options._id_map("uid_map", lines)
