@@ -19,7 +19,15 @@ import pytest
 
 import linx
 from linx._runtime import get_runtime
-from tests.conftest import ROOT, child_pids, expect, pid_alive, run_python, wait_until
+from tests.conftest import (
+    ROOT,
+    child_pids,
+    expect,
+    pid_alive,
+    process_state,
+    run_python,
+    wait_until,
+)
 
 # A Python process that starts three running workloads, prints their host pids, then waits
 # to be killed. argv[1] is the orphan policy: "default" or "linger".
@@ -395,6 +403,32 @@ def test_a_dropped_session_with_an_owner_still_gets_sigkill_after_the_grace(
     try:
         assert _until_terminal(owner)[-1] == linx.Signaled(signal.SIGKILL)
         assert "term" in log.read_text()
+    finally:
+        _kill_all([host_pid])
+
+
+def _stopped_then_dropped(owner: queue.Queue[linx.Event]) -> int:
+    """A running workload, stopped (SIGSTOP), whose session is dropped on return; a grace
+    far longer than the test waits, so only the SIGTERM can end it in time."""
+    session = linx.spawn(
+        ["/bin/sleep", "120"], owner=owner, auto_proceed=True, orphan_policy=("kill", 120.0)
+    )
+    assert wait_until(lambda: session.info().stage == "running", timeout=10)
+    host_pid = session.host_pid
+    assert host_pid is not None
+    session.signal(signal.SIGSTOP)
+    assert wait_until(lambda: process_state(host_pid) == "T", timeout=10)
+    return host_pid
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_dropped_session_whose_workload_is_stopped_ends_by_the_sigterm_not_the_grace() -> None:
+    # A stopped workload keeps the policy's SIGTERM pending: the SIGCONT sent after it lets
+    # it act now, rather than the workload sitting stopped until the grace's SIGKILL.
+    owner: queue.Queue[linx.Event] = queue.Queue()
+    host_pid = _stopped_then_dropped(owner)
+    try:
+        assert _until_terminal(owner, timeout=30)[-1] == linx.Signaled(signal.SIGTERM)
     finally:
         _kill_all([host_pid])
 
