@@ -403,6 +403,20 @@ def _every_verb() -> list[tuple[str, Callable[[linx.Session], object]]]:
     ]
 
 
+def test_pty_write_refuses_data_that_is_not_bytes_before_anything_else(
+    session_factory: Factory,
+) -> None:
+    # A str is the caller's mistake, named as such, whatever the session's state: not
+    # NoPty, which would send the caller looking for a terminal that has nothing to do
+    # with it.
+    session = session_factory(["/bin/true"])
+    expect(session, linx.Ready)
+    with pytest.raises(TypeError, match="data must be bytes"):
+        session.pty_write("text")  # type: ignore[arg-type]
+    with pytest.raises(linx.NoPty):
+        session.pty_write(b"text")
+
+
 @pytest.mark.parametrize("when", ["after-exit", "while-parked", "while-running"])
 def test_every_verb_after_close_raises_no_process(session_factory: Factory, when: str) -> None:
     session = session_factory(["/bin/sleep", "30"] if when == "while-running" else ["/bin/true"])
@@ -477,6 +491,7 @@ def test_child_pid_is_1_in_a_pid_namespace(session_factory: Factory) -> None:
     info = session.info()
     assert info.child_pid == 1
     assert info.host_pid == ready.host_pid != 1
+    assert session.host_pid == ready.host_pid  # the host's pid, not the namespace's 1
     status = Path(f"/proc/{ready.host_pid}/status").read_text()
     nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
     assert nspid[1:] == [str(ready.host_pid), "1"]
