@@ -7,6 +7,7 @@ import contextlib
 import copy
 import functools
 import itertools
+import logging
 import pickle
 import subprocess
 import sys
@@ -272,6 +273,26 @@ asyncio.run(main())
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert out == ["Ready", "Running", "Exited"]
+
+
+def test_events_for_an_asyncio_queue_whose_loop_has_closed_are_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A session outliving the asyncio.run() that made it: its queue's loop is closed, and
+    # call_soon_threadsafe raises RuntimeError. Nobody can read that queue any more; the
+    # events are dropped with a debug line, not logged as an owner's failure per event.
+    async def main() -> linx.aio.Session:
+        session = await linx.aio.spawn(["/bin/true"])
+        assert session.events is not None
+        assert isinstance(await _next(session.events), linx.Ready)
+        return session
+
+    session = asyncio.run(main())
+    with caplog.at_level(logging.DEBUG, logger="linx"):
+        session.proceed()
+        assert session._core.wait(timeout=10) == linx.Exited(code=0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sum("dropped" in r.getMessage() for r in caplog.records) == 2  # Running, Exited
 
 
 def test_sessions_are_made_by_spawn_only() -> None:
