@@ -53,6 +53,7 @@ def test_aio_events_name_the_aio_session_from_the_first_one(own_queue: bool) -> 
     async def main() -> None:
         given: asyncio.Queue[linx.Event] | None = asyncio.Queue() if own_queue else None
         async with await linx.aio.spawn(["/bin/true"], auto_proceed=True, owner=given) as s:
+            assert (s.events is None) == own_queue  # no default queue beside a given owner
             queue = given or s.events
             assert queue is not None
             events = [await _next(queue) for _ in range(3)]
@@ -301,6 +302,18 @@ def test_sessions_are_made_by_spawn_only() -> None:
         linx.Session()
     with pytest.raises(TypeError, match=r"linx\.aio\.spawn\(\)"):
         linx.aio.Session(None)
+
+
+def test_aio_spawn_names_itself_in_the_type_error_for_a_bad_call() -> None:
+    # Its options are linx.spawn's, checked against that signature at the call: a typo is
+    # linx.aio.spawn()'s TypeError, not one naming an internal function.
+    async def main() -> None:
+        with pytest.raises(TypeError, match=r"^linx\.aio\.spawn\(\): .*'auto_procede'"):
+            await linx.aio.spawn(["/bin/true"], auto_procede=True)  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match=r"^linx\.aio\.spawn\(\): "):
+            await linx.aio.spawn(["/bin/true"], ["/bin/false"])  # type: ignore[call-arg]
+
+    asyncio.run(main())
 
 
 class _AsyncCall:
