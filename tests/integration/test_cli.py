@@ -61,10 +61,10 @@ def test_run_events_prints_ready_running_exited_to_stderr() -> None:
 
 def test_run_map_root_in_user_and_pid_namespaces_is_uid_0_and_pid_1() -> None:
     done = linx_cli(
-        "run", "--ns", "user,pid", "--map-root", "--", "/bin/sh", "-c", "id -u; echo $$"
+        "run", "--ns", "user,pid", "--map-root", "--", "/bin/sh", "-c", "id -u; id -g; echo $$"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["0", "1"]
+    assert done.stdout.splitlines() == ["0", "0", "1"]  # the gid mapped too, not 65534
 
 
 def test_run_hostname_sets_the_hostname_in_a_fresh_uts_namespace() -> None:
@@ -255,9 +255,14 @@ def test_run_refuses_a_bad_stop_grace_naming_it(bad: str) -> None:
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("bad", ["²:0:1", "9" * 5000 + ":0:1"], ids=["superscript", "5000-digits"])
+@pytest.mark.parametrize(
+    "bad",
+    ["²:0:1", "9" * 5000 + ":0:1", "\u0663:0:1"],
+    ids=["superscript", "5000-digits", "arabic-indic-digit"],
+)
 def test_run_refuses_an_id_map_int_cannot_read_with_exit_2(bad: str) -> None:
-    # str.isdigit() takes "²", and int() refuses over 4300 digits: both were tracebacks
+    # str.isdigit() takes "²", and int() refuses over 4300 digits: both were tracebacks.
+    # int() reads "\u0663" (ARABIC-INDIC DIGIT THREE) as 3: a map line is ASCII digits only.
     done = linx_cli("run", "--uid-map", bad, "--", "/bin/true")
     assert done.returncode == 2, done.stderr
     assert "--uid-map" in done.stderr and "Traceback" not in done.stderr
