@@ -11,6 +11,7 @@ import logging
 import pickle
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -179,6 +180,34 @@ def test_asyncio_queue_owner_works_with_the_sync_api_inside_a_loop() -> None:
             assert session.wait(timeout=1) == linx.Exited(code=3)
 
     asyncio.run(main())
+
+
+def test_an_asyncio_queue_used_on_a_loop_in_another_thread_is_fed_on_that_loop() -> None:
+    # The queue's own loop, not the caller's: spawn() from a thread with no running loop
+    # (a worker thread handing events to the app's loop) feeds a queue already used there.
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+
+    async def bound_queue() -> asyncio.Queue[linx.Event]:
+        queue: asyncio.Queue[linx.Event] = asyncio.Queue()
+        getter = asyncio.ensure_future(queue.get())  # waiting on it binds it to this loop
+        await asyncio.sleep(0)
+        getter.cancel()
+        return queue
+
+    async def take(queue: asyncio.Queue[linx.Event]) -> list[linx.Event]:
+        return [await _next(queue) for _ in range(3)]
+
+    try:
+        queue = asyncio.run_coroutine_threadsafe(bound_queue(), loop).result(10)
+        with linx.spawn(["/bin/true"], owner=queue, auto_proceed=True):
+            events = asyncio.run_coroutine_threadsafe(take(queue), loop).result(30)
+        assert [type(e) for e in events] == [linx.Ready, linx.Running, linx.Exited]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
 
 
 def test_aio_sessions_never_block_the_event_loop() -> None:
