@@ -74,6 +74,15 @@ def test_run_hostname_sets_the_hostname_in_a_fresh_uts_namespace() -> None:
     assert os.uname().nodename != "box"
 
 
+def test_run_ns_takes_names_with_spaces_around_them_and_a_trailing_comma() -> None:
+    # As typed in a shell script: --ns "uts, ipc," is the list uts, ipc.
+    files = ["/proc/self/ns/uts", "/proc/self/ns/ipc"]
+    done = linx_cli("run", "--ns", " uts, ipc,", "--", "/bin/readlink", *files)
+    assert done.returncode == 0, done.stderr
+    theirs = done.stdout.splitlines()
+    assert len(theirs) == 2 and all(a != os.readlink(f) for a, f in zip(theirs, files, strict=True))
+
+
 def test_run_env_reaches_the_workload() -> None:
     done = linx_cli(
         "run", "--env", "K=V", "--env", "EMPTY=", "--", "/bin/sh", "-c", 'echo "$K|${EMPTY-unset}"'
@@ -203,6 +212,20 @@ def test_run_survives_a_burst_of_sigterm_and_sighup_and_still_kills_after_the_gr
         for i in range(3000):  # os.kill: Popen.send_signal polls first, too slow a burst
             os.kill(proc.pid, signal.SIGTERM if i % 2 else signal.SIGHUP)
         assert proc.wait(timeout=20) == 128 + signal.SIGKILL
+
+
+def test_run_counts_the_grace_from_the_first_sigterm_not_the_last(tmp_path: Path) -> None:
+    # A supervisor repeating its SIGTERM until the workload goes must not put the SIGKILL
+    # off each time: it comes a grace after the first one.
+    armed = tmp_path / "armed"
+    workload = f"trap '' TERM; touch {armed}; exec sleep 60"
+    with running_cli("--stop-grace", "1", "--", "/bin/sh", "-c", workload) as proc:
+        assert wait_until(armed.exists)
+        give_up = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < give_up:
+            os.kill(proc.pid, signal.SIGTERM)
+            time.sleep(0.2)
+        assert proc.poll() == 128 + signal.SIGKILL  # while the SIGTERMs were still coming
 
 
 def test_run_passes_signals_on_under_a_grace_of_years(tmp_path: Path) -> None:
