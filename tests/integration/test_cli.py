@@ -67,6 +67,14 @@ def test_run_map_root_in_user_and_pid_namespaces_is_uid_0_and_pid_1() -> None:
     assert done.stdout.splitlines() == ["0", "0", "1"]  # the gid mapped too, not 65534
 
 
+@pytest.mark.parametrize("option", ["--uid-map", "--gid-map"])
+def test_run_an_id_map_alone_implies_a_user_namespace(option: str) -> None:
+    name = "uid_map" if option == "--uid-map" else "gid_map"
+    done = linx_cli("run", option, "0:0:1", "--", "/bin/cat", f"/proc/self/{name}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "0", "1"]  # not the initial namespace's whole range
+
+
 def test_run_hostname_sets_the_hostname_in_a_fresh_uts_namespace() -> None:
     done = linx_cli("run", "--hostname", "box", "--", "/bin/hostname")
     assert done.returncode == 0, done.stderr
