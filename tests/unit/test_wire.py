@@ -256,3 +256,19 @@ def test_the_same_long_tuple_as_two_repeated_fields_encodes_each_with_its_own_ta
         _wire.encode(request)
     )
     assert decoded == request
+
+
+def test_a_single_valued_field_given_twice_is_refused() -> None:
+    # Two EXITED codes: which one is the workload's? Neither; the frame is malformed.
+    body = struct.pack("<HII", 1, 4, 3) + struct.pack("<HII", 1, 4, 0)
+    with pytest.raises(_wire.WireError, match="field 'code' repeated"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(_frame(_wire.Exited, body))
+
+
+@pytest.mark.parametrize("length", [0, 1])
+def test_a_frame_too_short_for_its_type_is_refused_from_its_header(length: int) -> None:
+    # A length of 1 covers one byte of the two-byte type: refused as such, not read past
+    # the frame (into the next one, or off the end of the data as a struct.error).
+    frame = struct.pack("<I", length) + b"\x83"
+    with pytest.raises(_wire.WireError, match=f"frame length {length} is below the minimum"):
+        _wire.FrameReader(_wire.AGENT_MESSAGES).feed(frame)
