@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from linx import _wire
 from linx._state import SessionState, Stage, exit_reason
 from linx.errors import AlreadyRunning, NoProcess, NoPty, NotReady, ProcessError
-from linx.events import Aborted, Exited, Failed, Ready, Running, Signaled
+from linx.events import Aborted, Event, Exited, Failed, Ready, Running, Signaled
 
 TERMINAL_EVENTS = (Exited, Signaled, Aborted, Failed)
 
@@ -151,12 +152,55 @@ def test_out_of_order_message_is_a_protocol_failure() -> None:
     assert isinstance(event, Failed) and event.error.errno == errno.EPROTO
 
 
+LIVE_STAGES = (Stage.STARTING, Stage.SPAWNED, Stage.READY, Stage.RUNNING)
+# protocol.md's wire order, read again: each agent frame and the stages it may follow.
+FRAME_FOLLOWS = [
+    (_wire.Spawned(host_pid=10, agent_pid=9), {Stage.STARTING}),
+    (_wire.Ready(host_pid=10, child_pid=1), {Stage.SPAWNED}),
+    (_wire.Running(), {Stage.READY}),
+    (_wire.Exited(code=0), {Stage.RUNNING}),
+    (_wire.Signaled(signum=9), {Stage.RUNNING}),
+    (_wire.Aborted(), {Stage.READY}),
+    (_wire.Error(stage=b"clone", errno=errno.EPERM), set(LIVE_STAGES)),
+]
+
+
+@pytest.mark.parametrize("stage", LIVE_STAGES)
+@pytest.mark.parametrize(("frame", "follows"), FRAME_FOLLOWS)
+def test_each_frame_is_taken_only_in_the_stages_it_may_follow(
+    stage: Stage, frame: _wire.Message, follows: set[Stage]
+) -> None:
+    # Every cell of the table, not a sample: a frame let in one stage too early (RUNNING
+    # straight after SPAWNED, ABORTED once running) would skip an event or end a running
+    # workload's session as Aborted.
+    state = _at(stage)
+    events = state.receive(frame)
+    refused = [Failed(ProcessError("protocol", errno.EPROTO))]
+    assert (events == refused) == (stage not in follows), (stage, frame, events)
+
+
 def test_ready_naming_another_host_pid_than_spawned_is_a_protocol_failure() -> None:
     state = SessionState()
     state.receive(_wire.Spawned(host_pid=42, agent_pid=41))
     [event] = state.receive(_wire.Ready(host_pid=43, child_pid=1))
     assert isinstance(event, Failed) and event.error.stage == "protocol"
     assert state.host_pid == 42  # what a caller may have used already stays
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        lambda s: s.launch_failed("fork", errno.EAGAIN),
+        lambda s: s.channel_broken(),
+        lambda s: s.receive(_wire.Error(stage=b"execve", errno=errno.ENOENT)),
+    ],
+    ids=["launch_failed", "channel_broken", "error_frame"],
+)
+def test_no_failure_after_the_terminal_event(late: Callable[[SessionState], list[Event]]) -> None:
+    state = _at(Stage.RUNNING)
+    assert state.receive(_wire.Exited(code=0)) == [Exited(0)]
+    assert late(state) == []
+    assert state.stage is Stage.EXITED and state.result == Exited(0)
 
 
 def test_exit_reasons_follow_the_reference() -> None:
