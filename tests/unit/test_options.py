@@ -209,3 +209,13 @@ def test_an_id_map_of_340_lines_is_taken_and_one_of_341_refused() -> None:
     assert len(_options._id_map("uid_map", lines[:340]).splitlines()) == 340
     with pytest.raises(ValueError, match="uid_map has 341 entries; the kernel allows 340"):
         _options._id_map("uid_map", lines)
+
+
+def test_an_id_map_of_exactly_a_page_written_out_is_refused() -> None:
+    # The kernel takes a map write shorter than a page (EINVAL at 4096 bytes): 170 lines
+    # of 24 bytes and one of 16 make 4096, one byte less is taken.
+    lines = [(10**9 + i, 2 * 10**9 + i, 1) for i in range(170)]
+    assert len(_options._id_map("uid_map", lines)) == 170 * 24
+    with pytest.raises(ValueError, match="is 4096 bytes written out"):
+        _options._id_map("uid_map", [*lines, (1000, 100000, 100)])
+    assert len(_options._id_map("uid_map", [*lines, (1000, 100000, 10)])) == 4095
