@@ -106,6 +106,14 @@ def test_run_inherits_the_callers_environment_by_default() -> None:
     assert done.stdout == "x1\n", done.stderr
 
 
+def test_run_clear_env_starts_the_workload_from_only_the_given_variables() -> None:
+    done = linx_cli(
+        "run", "--clear-env", "--env", "K=V", "--", "/usr/bin/env", env={"LINX_CLI_TEST": "x1"}
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "K=V\n"
+
+
 def test_run_finds_a_command_in_path_as_a_shell_would() -> None:
     done = linx_cli("run", "--", "echo", "found")
     assert (done.returncode, done.stdout) == (0, "found\n"), done.stderr

@@ -26,6 +26,7 @@ import pytest
 import linx
 from tests.conftest import (
     Pipe,
+    capture_stdout,
     drain,
     expect,
     next_event,
@@ -495,6 +496,18 @@ def test_child_pid_is_1_in_a_pid_namespace(session_factory: Factory) -> None:
     status = Path(f"/proc/{ready.host_pid}/status").read_text()
     nspid = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()
     assert nspid[1:] == [str(ready.host_pid), "1"]
+
+
+@pytest.mark.parametrize("no_new_privs", [True, False])
+def test_no_new_privs_is_set_in_the_workload_only_when_asked(
+    session_factory: Factory, no_new_privs: bool
+) -> None:
+    argv = ["/bin/grep", "^NoNewPrivs:", "/proc/self/status"]
+    session, out = capture_stdout(
+        session_factory, argv, no_new_privs=no_new_privs, auto_proceed=True
+    )
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert out.split() == [b"NoNewPrivs:", b"1" if no_new_privs else b"0"]
 
 
 def test_child_pid_is_host_pid_without_a_pid_namespace(session_factory: Factory) -> None:
