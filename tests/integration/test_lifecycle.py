@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -510,6 +511,21 @@ def test_no_new_privs_is_set_in_the_workload_only_when_asked(
     assert out.split() == [b"NoNewPrivs:", b"1" if no_new_privs else b"0"]
 
 
+def test_env_none_sends_the_environment_as_it_is_at_each_spawn(
+    session_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # linx keeps the last encoding of os.environ to reuse: a change between two spawns
+    # must reach the second one.
+    argv = ["/bin/sh", "-c", 'echo "$LINX_ENV_NOW"']
+    seen = []
+    for value in ("first", "second"):
+        monkeypatch.setenv("LINX_ENV_NOW", value)
+        session, out = capture_stdout(session_factory, argv, auto_proceed=True)
+        assert session.wait(timeout=10) == linx.Exited(code=0)
+        seen.append(out)
+    assert seen == [b"first\n", b"second\n"]
+
+
 def test_child_pid_is_host_pid_without_a_pid_namespace(session_factory: Factory) -> None:
     session = session_factory(["/bin/true"])
     ready = expect(session, linx.Ready)
@@ -703,6 +719,7 @@ def test_a_close_that_gives_up_on_a_stuck_agent_wakes_the_waiters_with_no_proces
         session.close()
         thread.join(10)
         assert len(answers) == 1 and isinstance(answers[0], linx.NoProcess), answers
+        assert answers[0].__traceback__ is not None  # raised by wait(), not returned
     finally:
         os.kill(agent_pid, signal.SIGCONT)  # it finds its channel closed: orphan policy
     assert wait_until(lambda: not pid_alive(agent_pid))
@@ -717,6 +734,43 @@ def test_once_wait_returns_the_default_queue_holds_the_terminal_event() -> None:
         held = [session.events.get_nowait() for _ in range(session.events.qsize())]
         assert [type(e) for e in held] == [linx.Ready, linx.Running, linx.Exited]
         assert held[-1] == outcome
+
+
+def test_once_wait_returns_even_a_slow_owner_has_taken_the_terminal_event() -> None:
+    # design.md: the terminal event is handed to the owner before the outcome is set. An
+    # owner still busy with it (here on purpose) holds wait() back until it is done.
+    taken: list[linx.Event] = []
+
+    def slow_owner(event: linx.Event) -> None:
+        if isinstance(event, linx.Exited):
+            time.sleep(0.5)
+        taken.append(event)
+
+    session = linx.spawn(["/bin/true"], auto_proceed=True, owner=slow_owner)
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert [type(e) for e in taken] == [linx.Ready, linx.Running, linx.Exited]
+
+
+def test_an_owner_with_both_put_and_call_gets_its_events_through_put(
+    session_factory: Factory,
+) -> None:
+    # The spawn() docstring's order: a queue-like object's put() before calling it.
+    class Both:
+        def __init__(self) -> None:
+            self.put_events: list[linx.Event] = []
+            self.called: list[linx.Event] = []
+
+        def put(self, event: linx.Event) -> None:
+            self.put_events.append(event)
+
+        def __call__(self, event: linx.Event) -> None:
+            self.called.append(event)
+
+    owner = Both()
+    session = session_factory(["/bin/true"], auto_proceed=True, owner=owner)
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+    assert [type(e) for e in owner.put_events] == [linx.Ready, linx.Running, linx.Exited]
+    assert owner.called == []
 
 
 def test_set_owner_refuses_a_bounded_queue_and_keeps_the_old_owner(

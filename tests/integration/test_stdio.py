@@ -128,6 +128,15 @@ def test_an_object_with_fileno_is_used_as_its_fd(session_factory: Factory) -> No
     assert session.wait(timeout=10) == linx.Exited(code=0)
 
 
+def test_fd_0_given_as_a_value_is_a_valid_fd(session_factory: Factory) -> None:
+    # stdio={"stdin": 0} (or a file object whose fileno() is 0): the caller's fd 0 itself.
+    session, output = capture_stdout(
+        session_factory, ["/bin/readlink", "/proc/self/fd/0"], stdio={"stdin": 0}
+    )
+    assert output.decode().strip() == os.readlink("/proc/self/fd/0")
+    assert session.wait(timeout=10) == linx.Exited(code=0)
+
+
 def test_an_open_file_object_receives_the_output(session_factory: Factory, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with out.open("wb") as f:
