@@ -325,6 +325,19 @@ def test_events_for_an_asyncio_queue_whose_loop_has_closed_are_dropped_quietly(
     assert sum("dropped" in r.getMessage() for r in caplog.records) == 2  # Running, Exited
 
 
+def test_a_bounded_asyncio_queue_owner_is_refused() -> None:
+    # put_nowait on a full one raises in the loop's callback: the terminal event could be
+    # lost, so the owner is refused at the call, as a bounded queue.Queue is.
+    async def main() -> None:
+        for spawn in (linx.spawn, linx.aio.spawn):
+            with pytest.raises(ValueError, match="bounded queue"):
+                started = spawn(["/bin/true"], owner=asyncio.Queue(maxsize=1))
+                if asyncio.iscoroutine(started):
+                    await started
+
+    asyncio.run(main())
+
+
 def test_sessions_are_made_by_spawn_only() -> None:
     # made directly, an aio session had no core, and every use failed with AttributeError
     with pytest.raises(TypeError, match=r"linx\.spawn\(\)"):

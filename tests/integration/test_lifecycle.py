@@ -223,6 +223,18 @@ def test_signal_before_ready_is_delivered_at_running(session_factory: Factory) -
         _sigterm_waits_for_running(session, ready)
 
 
+def test_a_signal_sent_while_a_large_request_is_still_being_written_follows_it(
+    session_factory: Factory,
+) -> None:
+    # A 1.5 MiB environment (under execve's limits) takes several writes to reach the
+    # agent; a verb called meanwhile must queue its command after the rest of the
+    # request, not inside it.
+    env = {f"BIG{i}": "x" * (100 << 10) for i in range(15)}
+    session = session_factory(["/bin/sleep", "30"], env=env, auto_proceed=True)
+    session.signal(signal.SIGTERM)
+    assert session.wait(timeout=30) == linx.Signaled(signal.SIGTERM)
+
+
 @pytest.mark.parametrize(
     ("first", "second"),
     [(signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)],
