@@ -108,6 +108,27 @@ def test_pty_verbs_without_pty_are_no_pty() -> None:
         _at(Stage.RUNNING).require_pty()
 
 
+def test_pty_verbs_without_pty_are_no_pty_after_the_end_too() -> None:
+    # design.md's table: NoPty in every stage, an ended one included (NoProcess only once
+    # closed, which the channel decides)
+    state = _at(Stage.RUNNING)
+    state.receive(_wire.Exited(code=0))
+    with pytest.raises(NoPty):
+        state.require_pty()
+
+
+@pytest.mark.parametrize("stage", [Stage.STARTING, Stage.SPAWNED, Stage.READY])
+def test_a_second_abort_sends_nothing_and_a_proceed_after_abort_is_no_process(
+    stage: Stage,
+) -> None:
+    state = _at(stage)
+    assert state.abort() == _wire.Abort()
+    assert state.abort() is None  # the agent has it already
+    if stage is Stage.READY:
+        with pytest.raises(NoProcess):  # the workload will never run
+            state.proceed()
+
+
 def test_error_frame_is_a_failed_event_with_stage_and_errno() -> None:
     state = _at(Stage.READY)
     state.proceed()
