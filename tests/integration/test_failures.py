@@ -251,7 +251,7 @@ def test_connect_unix_path_limit_is_sun_path_less_its_nul(
     path = "/tmp/linx-no-such-socket-" + "x" * (length - 25)
     assert len(path) == length
     session = session_factory(["/bin/true"], stdio={"stdin": ("connect_unix", path)})
-    assert_process_error(fails_before_ready(session), "connect_unix", err)
+    assert_process_error(fails_before_ready(session), "connect_unix", err, path)
 
 
 # --- the agent dies ---------------------------------------------------------------------------
