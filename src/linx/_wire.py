@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 VERSION = 1
 
@@ -194,10 +194,6 @@ class Notice(Message):
     errno: int = field_spec(2, Kind.U32, required=True)
 
 
-AgentMessage: TypeAlias = Spawned | Ready | Running | Exited | Signaled | Aborted | Error | Notice
-TERMINAL_MESSAGES = (Exited, Signaled, Aborted, Error)
-
-LAUNCHER_REQUESTS: dict[int, type[Message]] = {StartAgent.TYPE: StartAgent}
 LAUNCHER_REPLIES: dict[int, type[Message]] = {m.TYPE: m for m in (AgentExited, LaunchFailed)}
 SESSION_REQUESTS: dict[int, type[Message]] = {
     m.TYPE: m for m in (Spawn, Proceed, Abort, Signal, Kill)
@@ -424,9 +420,6 @@ class FrameReader:
         elif used < len(data):
             buf += data[used:]  # `data` may be the reactor's buffer: keep a copy
         return messages
-
-    def set_max_frame(self, max_frame: int) -> None:
-        self._max = max_frame
 
     @property
     def pending(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from . import __version__
 from ._options import Namespace
 from .errors import NoProcess, ProcessError
-from .events import Aborted, Event, Exited, Failed, Signaled
+from .events import Event, Exited, Outcome, Signaled
 from .session import spawn
 
 EXIT_USAGE = 2  # as argparse exits for the options it checks itself
@@ -290,14 +290,12 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
-def _exit_status(outcome: Event) -> int:
+def _exit_status(outcome: Outcome) -> int:
     if isinstance(outcome, Exited):
         return outcome.code
     if isinstance(outcome, Signaled):
         return 128 + outcome.signum
-    if isinstance(outcome, Aborted | Failed):
-        return EXIT_SETUP_FAILED
-    raise AssertionError(outcome)
+    return EXIT_SETUP_FAILED  # Aborted: not with auto_proceed, which nothing aborts
 
 
 class _SignalForwarder:
