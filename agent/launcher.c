@@ -184,8 +184,9 @@ static void reap_agents(struct launcher *l)
 }
 
 /* A START_AGENT takes exactly the fds that came with it: the channel reads one frame at a
- * time, so the FIFO holds those and no others. One fd is a session to fork an agent for;
- * none, or several, is malformed like any other bad frame (they are closed as we go). */
+ * time, so the FIFO holds those and no others. One fd, a stream socket, is a session to
+ * fork an agent for; none, several, or one of another kind, is malformed like any other
+ * bad frame (they are closed as we go). */
 static void on_frame(struct launcher *l, const struct wire_frame *f)
 {
 	uint64_t token;
@@ -201,7 +202,15 @@ static void on_frame(struct launcher *l, const struct wire_frame *f)
 	}
 	if (l->ch.nfds != 1)
 		quit(l);
-	start_agent(l, token, chan_take_fd(&l->ch));
+	int fd = chan_take_fd(&l->ch);
+	int err = stream_socket_err(fd);
+	if (err) {
+		/* an agent on a datagram socket would never see Python's EOF, and outlive it */
+		diag("START_AGENT fd", err);
+		close(fd);
+		quit(l);
+	}
+	start_agent(l, token, fd);
 }
 
 /* Reads on until one whole frame is in (its length prefix and its body are two reads) and

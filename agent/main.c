@@ -3,7 +3,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -23,7 +22,6 @@ static int usage(void)
 
 int main(int argc, char **argv)
 {
-	struct stat st;
 	int err;
 
 	if (argc != 2)
@@ -43,12 +41,8 @@ int main(int argc, char **argv)
 		diag("stdio", err);
 		return 1;
 	}
-	if (fstat(CTL_FD, &st) < 0) {
-		diag("fd 3", errno);
-		return 2;
-	}
-	if (!S_ISSOCK(st.st_mode)) {
-		diag("fd 3", ENOTSOCK);
+	if ((err = stream_socket_err(CTL_FD))) {
+		diag("fd 3", err);
 		return 2;
 	}
 	if (strcmp(argv[1], "--launcher") == 0)

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -201,4 +202,14 @@ int ignore_agent_signals(void)
 			return errno;
 	}
 	return 0;
+}
+
+int stream_socket_err(int fd)
+{
+	int type;
+	socklen_t len = sizeof(type);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+		return errno;
+	return type == SOCK_STREAM ? 0 : EPROTOTYPE;
 }

@@ -96,6 +96,11 @@ int default_signal(int signum);
  * container runtime's seccomp profile older than the call). Returns 0 or an errno. */
 int close_fds_from(unsigned int first, int cloexec);
 
+/* 0 if fd is a stream socket, what every channel is (docs/protocol.md); else ENOTSOCK,
+ * EPROTOTYPE, or getsockopt's errno. A datagram socket never reads EOF, so a program on
+ * one would outlive its peer. */
+int stream_socket_err(int fd);
+
 /* Closes fd if >= 0, keeping errno intact, and sets it to -1. */
 void close_fd(int *fd);
 

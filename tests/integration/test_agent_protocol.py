@@ -8,6 +8,7 @@ stage and errno, the agent exits, and no process is left behind.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import os
@@ -509,6 +510,61 @@ def test_a_start_agent_over_the_launcher_cap_forks_no_agent() -> None:
     ours.close()
     launcher.close()
     assert launcher.status == 0
+
+
+
+def _holders(sock: socket.socket) -> list[int]:
+    """The processes holding the other end of `sock`'s pair (by its inode), but us."""
+    inode = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if int(pid) != os.getpid() and any(
+                os.readlink(f"/proc/{pid}/fd/{fd}") == inode for fd in fds
+            ):
+                found.append(int(pid))
+    return found
+
+
+def test_start_agent_with_a_datagram_socket_is_malformed_and_forks_no_agent() -> None:
+    # A datagram socket never reads EOF: an agent forked on one outlived the launcher and
+    # Python, waiting in poll for ever (found by the live fuzz, test_live_fuzz.py).
+    launcher = RawLauncher()
+    ours, agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    frame = _wire.encode(_wire.StartAgent(token=112))
+    launcher.sock.sendmsg(
+        [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [agent_end.fileno()]))]
+    )
+    launcher.sock.shutdown(socket.SHUT_WR)  # EOF behind it: the launcher ends either way
+    assert launcher.messages() == []
+    launcher.close()
+    held_by = _holders(agent_end)
+    agent_end.close()
+    for pid in held_by:
+        os.kill(pid, signal.SIGKILL)
+    ours.close()
+    assert held_by == [], "an agent was forked on a datagram socket"
+    assert launcher.status == 0
+
+
+def test_agent_on_a_datagram_socket_exits_at_once() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = _launcher.agent_path()
+    high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+    pid = os.posix_spawn(
+        path, [path, "--agent"], dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, high, 3)]
+    )
+    os.close(high)
+    theirs.close()
+    ours.close()
+    try:
+        assert wait_until(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid), "the agent waits"
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+
 
 def test_legacy_clone_fallback_spawns_in_every_namespace() -> None:
     result = run_python(
