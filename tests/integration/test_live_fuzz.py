@@ -75,6 +75,8 @@ WORKLOADS = {
 PLACEHOLDER = "0" * 16  # the size of secrets.token_hex(8)
 STOP_SIGNALS = {signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU}
 
+TERMINAL_FRAMES = (_wire.Exited, _wire.Signaled, _wire.Aborted, _wire.Error)
+
 
 @dataclass(frozen=True)
 class Start:
@@ -372,7 +374,7 @@ def _check_order(messages: list[_wire.Message], closed_first: bool) -> None:
         if isinstance(message, _wire.Notice):
             continue
         assert terminal == 0, f"a frame after the terminal one: {messages}"
-        if isinstance(message, _wire.TERMINAL_MESSAGES):
+        if isinstance(message, TERMINAL_FRAMES):
             terminal += 1
             continue
         kind = type(message)
@@ -462,7 +464,7 @@ def run_agent_plan(plan: Plan, san: Path) -> None:
     assert _san_reports(san) == "", plan
     code = _exit_code(status, "the agent")
     _check_order(messages, closed_first=plan.ending != "kill")
-    ended = any(isinstance(m, _wire.TERMINAL_MESSAGES) for m in messages)
+    ended = any(isinstance(m, TERMINAL_FRAMES) for m in messages)
     last = [m for m in messages if not isinstance(m, _wire.Notice)][-1:]
     event(f"{plan.ending}: {last[0] if last and ended else 'no terminal frame'}")
     assert code == 0 or (code == 1 and not ended), (code, messages, plan)
