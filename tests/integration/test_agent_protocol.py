@@ -149,6 +149,7 @@ def test_a_request_without_argv_is_malformed_request(agent: RawAgent) -> None:
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
 
+
 @pytest.mark.parametrize(
     "tail",
     [b"\x04\x00\x01", struct.pack("<HI", 4, 2) + b"/"],
@@ -163,6 +164,7 @@ def test_a_request_ending_in_a_partial_field_is_malformed_request(
     agent.send(struct.pack("<I", len(body)) + body)
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
+
 
 @pytest.mark.parametrize("field", ["uid", "gid"])
 def test_an_id_of_all_ones_is_malformed_request(agent: RawAgent, field: str) -> None:
@@ -186,6 +188,7 @@ def test_stdio_fd_index_one_past_the_fds_sent_is_malformed_request(agent: RawAge
     finally:
         os.close(read_end)
 
+
 def test_a_hostname_without_a_uts_namespace_is_malformed_request(agent: RawAgent) -> None:
     # the child's sethostname would rename the host's UTS namespace (ours)
     before = socket.gethostname()
@@ -204,13 +207,13 @@ def test_setgroups_other_than_allow_or_deny_is_malformed_request(
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
 
+
 @pytest.mark.parametrize("size", [1, 5, 7])
-def test_groups_not_a_whole_number_of_u32s_is_malformed_request(
-    agent: RawAgent, size: int
-) -> None:
+def test_groups_not_a_whole_number_of_u32s_is_malformed_request(agent: RawAgent, size: int) -> None:
     agent.send(_spawn(auto_proceed=1, uid=0, gid=0, groups=b"\0" * size))
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
+
 
 @pytest.mark.parametrize("bit", [0x20, 0x80000000], ids=["exit_signal_byte", "clone_io"])
 def test_namespaces_bit_of_no_namespace_is_malformed_request(agent: RawAgent, bit: int) -> None:
@@ -232,6 +235,16 @@ def _lowest_free_fd(pid: int) -> int:
     return min(set(range(len(held) + 1)) - held)
 
 
+def _hold_at_fd_limit(pid: int) -> None:
+    """Lower `pid`'s RLIMIT_NOFILE to its lowest free fd: the next fd it gets is refused.
+    Again until it holds, since an fd of its start-up may close meanwhile."""
+    limit = -1
+    while limit != _lowest_free_fd(pid):
+        limit = _lowest_free_fd(pid)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, 1024))
+        time.sleep(0.05)
+
+
 @pytest.mark.skipif(
     "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
     reason="a sanitizer runtime opens files of its own as the agent exits (at its fd limit)",
@@ -243,11 +256,7 @@ def test_fds_the_agent_cannot_take_are_stage_recvmsg_emfile(agent: RawAgent) -> 
     # Once it waits for the request: before, its start-up (a dynamic loader, say) may still
     # open files, and would fail at the limit
     assert wait_until(lambda: "poll" in Path(f"/proc/{agent.pid}/wchan").read_text())
-    limit = -1
-    while limit != _lowest_free_fd(agent.pid):  # an fd of its start-up may close meanwhile
-        limit = _lowest_free_fd(agent.pid)
-        resource.prlimit(agent.pid, resource.RLIMIT_NOFILE, (limit, 1024))
-        time.sleep(0.05)
+    _hold_at_fd_limit(agent.pid)
     read_end, write_end = os.pipe()
     try:
         agent.sock.sendmsg(
@@ -289,6 +298,7 @@ def test_a_known_field_given_twice_is_malformed_request(
     agent.send(struct.pack("<I", len(body)) + body)
     assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
     assert child_pids(agent.pid) == []
+
 
 def test_request_over_the_cap_is_refused_from_its_header(agent: RawAgent) -> None:
     agent.send(struct.pack("<IH", _wire.MAX_REQUEST + 1, _wire.Spawn.TYPE))
@@ -345,8 +355,6 @@ def test_kill_aborts_a_parked_child_kills_a_running_one_and_takes_no_body(
     assert running.status == 0
 
 
-
-
 @pytest.mark.parametrize(
     "tail",
     [b"\x01\x00\x04", struct.pack("<HI", 7, 4) + b"xy"],
@@ -372,6 +380,7 @@ def test_a_signal_with_two_signums_is_a_notice(agent: RawAgent) -> None:
     assert MALFORMED_COMMAND in messages, messages
     assert messages[-1] == _wire.Exited(code=4)
 
+
 def test_a_command_of_exactly_the_cap_is_taken(agent: RawAgent) -> None:
     # the cap is the largest length allowed, not the first refused: a SIGNAL padded with
     # an unknown field to MAX_COMMAND bytes is acted on like any other
@@ -383,6 +392,7 @@ def test_a_command_of_exactly_the_cap_is_taken(agent: RawAgent) -> None:
     assert len(body) == _wire.MAX_COMMAND
     agent.send(struct.pack("<I", len(body)) + body + _wire.encode(_wire.Abort()))
     assert agent.messages() == [_wire.Aborted()]
+
 
 def test_a_peer_that_does_not_read_never_keeps_the_workload_unreaped(agent: RawAgent) -> None:
     agent.send(_spawn(auto_proceed=1, argv=(b"/bin/sleep", b"0.3")))
@@ -466,11 +476,7 @@ def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile()
     ours, agent_end = socket.socketpair()
     try:
         assert wait_until(lambda: "poll" in Path(f"/proc/{launcher.pid}/wchan").read_text())
-        limit = -1
-        while limit != _lowest_free_fd(launcher.pid):
-            limit = _lowest_free_fd(launcher.pid)
-            resource.prlimit(launcher.pid, resource.RLIMIT_NOFILE, (limit, 1024))
-            time.sleep(0.05)
+        _hold_at_fd_limit(launcher.pid)
         frame = _wire.encode(_wire.StartAgent(token=7))
         fds = array.array("i", [agent_end.fileno()])
         launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -488,6 +494,7 @@ def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile()
         ours.close()
         launcher.close()
     assert launcher.status == 0
+
 
 def test_a_start_agent_over_the_launcher_cap_forks_no_agent() -> None:
     # MAX_LAUNCHER_REQUEST is the launcher's cap: a START_AGENT padded past it (with an
@@ -510,7 +517,6 @@ def test_a_start_agent_over_the_launcher_cap_forks_no_agent() -> None:
     ours.close()
     launcher.close()
     assert launcher.status == 0
-
 
 
 def _holders(sock: socket.socket) -> list[int]:
@@ -874,11 +880,7 @@ def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> N
     try:
         raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
         _read_until(raw, _wire.Ready)
-        limit = -1
-        while limit != _lowest_free_fd(raw.pid):
-            limit = _lowest_free_fd(raw.pid)
-            resource.prlimit(raw.pid, resource.RLIMIT_NOFILE, (limit, 1024))
-            time.sleep(0.05)
+        _hold_at_fd_limit(raw.pid)
         frame = _wire.encode(_wire.Signal(signum=0))
         rights = array.array("i", [write_end])
         raw.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
@@ -890,7 +892,6 @@ def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> N
         os.close(read_end)
         raw.close()
     assert raw.status == 0
-
 
 
 def test_kill_policy_wakes_a_stopped_workload_to_act_on_its_sigterm(tmp_path: Path) -> None:
@@ -914,7 +915,6 @@ def test_kill_policy_wakes_a_stopped_workload_to_act_on_its_sigterm(tmp_path: Pa
     assert log.read_text().split() == ["trapped", "term"]
 
 
-
 def test_a_signal_past_the_buffers_end_is_a_notice_enobufs() -> None:
     # 65536 signals are buffered before RUNNING; the next is dropped with
     # NOTICE(signal, ENOBUFS) (protocol.md), which tells it from a failed allocation
@@ -929,7 +929,6 @@ def test_a_signal_past_the_buffers_end_is_a_notice_enobufs() -> None:
         raw.close()
     assert raw.status == 0
     assert messages == [_wire.Notice(stage=b"signal", errno=errno.ENOBUFS), _wire.Aborted()]
-
 
 
 def test_more_fds_than_the_agent_keeps_are_malformed_request() -> None:
@@ -961,7 +960,6 @@ def test_more_fds_than_the_agent_keeps_are_malformed_request() -> None:
     assert raw.status == 0
 
 
-
 @pytest.mark.parametrize("mode", ["--agent", "--launcher"])
 def test_fd_3_that_is_not_a_socket_is_refused_at_start(mode: str) -> None:
     # started by hand with /dev/null on fd 3: usage status 2 and a line naming fd 3,
@@ -974,7 +972,6 @@ def test_fd_3_that_is_not_a_socket_is_refused_at_start(mode: str) -> None:
     )
     assert done.returncode == 2, done
     assert done.stderr.startswith("linx-agent: fd 3: "), done.stderr
-
 
 
 def test_a_signal_the_kernel_refuses_is_a_notice_and_the_session_goes_on(

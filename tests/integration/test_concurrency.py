@@ -425,9 +425,7 @@ def test_a_blocking_call_from_such_a_signal_handler_raises_instead_of_hanging(ve
     assert first.startswith("RuntimeError(") and f"{verb}() called by a signal handler" in first
 
 
-def test_a_spawn_from_a_signal_handler_that_interrupted_a_spawn_raises_instead_of_hanging() -> (
-    None
-):
+def test_a_spawn_from_a_signal_handler_that_interrupted_a_spawn_raises_instead_of_hanging() -> None:
     # A handler that spawns (a supervisor restarting on SIGHUP) run while this thread was
     # inside the runtime's locked section of another spawn waited for it for ever.
     done = run_python(

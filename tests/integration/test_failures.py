@@ -624,6 +624,16 @@ def _release_byte_waiting(pid: int) -> bool:
     return False
 
 
+def assert_fails_at_exec_outcome_only(session: linx.Session) -> None:
+    """The session's next and last event is Failed(exec_outcome, EIO): no Running."""
+    events = drain(session)
+    assert [type(e) for e in events] == [linx.Failed], events
+    failed = events[0]
+    assert isinstance(failed, linx.Failed)
+    assert_process_error(failed.error, "exec_outcome", errno.EIO)
+    assert session.info().stage == "errored"
+
+
 def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running(
     session_factory: Factory,
 ) -> None:
@@ -639,13 +649,7 @@ def test_a_child_killed_between_release_and_execve_is_exec_outcome_never_running
     session.proceed()
     assert wait_until(lambda: _release_byte_waiting(ready.host_pid))
     os.kill(ready.host_pid, signal.SIGKILL)
-    events = drain(session)
-    assert [type(e) for e in events] == [linx.Failed], events
-    failed = events[0]
-    assert isinstance(failed, linx.Failed)
-    assert_process_error(failed.error, "exec_outcome", errno.EIO)
-    assert session.info().stage == "errored"
-
+    assert_fails_at_exec_outcome_only(session)
 
 
 def test_a_child_killed_while_parked_is_exec_outcome_eio(session_factory: Factory) -> None:
@@ -655,12 +659,8 @@ def test_a_child_killed_while_parked_is_exec_outcome_eio(session_factory: Factor
     session = session_factory(["/bin/sleep", "30"])
     ready = expect(session, linx.Ready)
     os.kill(ready.host_pid, signal.SIGKILL)
-    events = drain(session)
-    assert [type(e) for e in events] == [linx.Failed], events
-    failed = events[0]
-    assert isinstance(failed, linx.Failed)
-    assert_process_error(failed.error, "exec_outcome", errno.EIO)
-    assert session.info().stage == "errored"
+    assert_fails_at_exec_outcome_only(session)
+
 
 INTERRUPTED_AS_THE_LAUNCHER_IS_STORED = """
 import os, sys

@@ -313,7 +313,6 @@ def test_uid_gid_and_groups_are_set_in_the_child_as_root_without_a_user_namespac
     assert sorted(groups.split()) == ["100", "65534"]
 
 
-
 def test_cwd_is_entered_before_the_ids_change(session_factory: Factory, tmp_path: Path) -> None:
     # chdir comes before setuid (protocol.md, the child's steps): a directory only the
     # caller may enter is still the workload's cwd when it runs as another user, as
@@ -339,6 +338,7 @@ def test_no_new_privs_is_set_in_the_workload_exactly_when_asked(
     )
     assert session.wait(timeout=10) == linx.Exited(code=0)
     assert output.decode().split() == ["NoNewPrivs:", "1" if given else "0"]
+
 
 # A root caller with supplementary groups (root, disk, shadow) spawns with other ids.
 GROUPS_PROGRAM = """
