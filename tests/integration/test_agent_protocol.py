@@ -235,6 +235,14 @@ def _lowest_free_fd(pid: int) -> int:
     return min(set(range(len(held) + 1)) - held)
 
 
+def at_its_fd_limit(who: str) -> pytest.MarkDecorator:
+    """For a test that holds the agent or launcher at its fd limit: skipped against the
+    sanitizer build, whose runtime opens files of its own as the process exits."""
+    sanitizer = "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san")
+    reason = f"a sanitizer runtime opens files of its own as the {who} exits (at its fd limit)"
+    return pytest.mark.skipif(sanitizer, reason=reason)
+
+
 def _hold_at_fd_limit(pid: int) -> None:
     """Lower `pid`'s RLIMIT_NOFILE to its lowest free fd: the next fd it gets is refused.
     Again until it holds, since an fd of its start-up may close meanwhile."""
@@ -245,10 +253,7 @@ def _hold_at_fd_limit(pid: int) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(
-    "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
-    reason="a sanitizer runtime opens files of its own as the agent exits (at its fd limit)",
-)
+@at_its_fd_limit("agent")
 def test_fds_the_agent_cannot_take_are_stage_recvmsg_emfile(agent: RawAgent) -> None:
     # The request is well formed; the kernel drops its fd at the agent's RLIMIT_NOFILE
     # (MSG_CTRUNC). That is the agent's resource failure, reported as the launcher reports
@@ -465,10 +470,7 @@ def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
     assert launcher.status == 0
 
 
-@pytest.mark.skipif(
-    "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
-    reason="a sanitizer runtime opens files of its own as the launcher exits (at its fd limit)",
-)
+@at_its_fd_limit("launcher")
 def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile() -> None:
     # At the launcher's RLIMIT_NOFILE the kernel drops START_AGENT's fd (MSG_CTRUNC): the
     # request was fine, so it is that token's LAUNCH_FAILED, and the launcher goes on
@@ -868,10 +870,7 @@ def test_fds_sent_with_a_command_are_closed() -> None:
     assert raw.status == 0
 
 
-@pytest.mark.skipif(
-    "ASAN_OPTIONS" in os.environ or _launcher.agent_path().endswith("-san"),
-    reason="a sanitizer runtime opens files of its own as the agent exits (at its fd limit)",
-)
+@at_its_fd_limit("agent")
 def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> None:
     # At the agent's RLIMIT_NOFILE the kernel drops a command's fd (MSG_CTRUNC): the
     # command is still acted on, and what was lost is a NOTICE, not an end of the session.
