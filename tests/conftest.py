@@ -63,6 +63,15 @@ def no_more_events(session: linx.Session, within: float = 0.3) -> bool:
 SPAWN_PATHS = {"vfork": "0", "fork": "1"}
 
 
+def build_helper(factory: pytest.TempPathFactory, name: str, *flags: str) -> Path:
+    """Compile tests/integration/helpers/`name`.c (warnings are errors) into a temp dir."""
+    program = factory.mktemp("helpers") / name
+    source = ROOT / "tests" / "integration" / "helpers" / f"{name}.c"
+    command = ["cc", "-O2", "-Wall", "-Wextra", "-Werror", *flags, "-o", str(program)]
+    subprocess.run([*command, str(source)], check=True)
+    return program
+
+
 def spawn_path_env(path: str) -> dict[str, str]:
     """The environment variable that makes an agent clone on `path` (of SPAWN_PATHS)."""
     return {"LINX_AGENT_NO_VFORK": SPAWN_PATHS[path]}

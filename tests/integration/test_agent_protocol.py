@@ -26,6 +26,7 @@ import pytest
 from linx import _launcher, _wire
 from tests.conftest import (
     SPAWN_PATHS,
+    build_helper,
     child_pids,
     pid_alive,
     process_state,
@@ -747,13 +748,7 @@ def test_a_spawn_frame_of_another_type_is_malformed_request(agent: RawAgent) -> 
 
 @pytest.fixture(scope="module")
 def kill_at_syscall(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    program = tmp_path_factory.mktemp("helpers") / "kill_at_syscall"
-    source = Path(__file__).parent / "helpers" / "kill_at_syscall.c"
-    subprocess.run(
-        ["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(program), str(source)],
-        check=True,
-    )
-    return program
+    return build_helper(tmp_path_factory, "kill_at_syscall")
 
 
 @pytest.mark.parametrize("path", SPAWN_PATHS)

@@ -18,14 +18,20 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from linx import _launcher
-from tests.conftest import SPAWN_PATHS, pid_alive, run_python, spawn_path_env, wait_until
+from tests.conftest import (
+    SPAWN_PATHS,
+    build_helper,
+    pid_alive,
+    run_python,
+    spawn_path_env,
+    wait_until,
+)
 
 # One auto_proceed spawn of a workload that would leave its pid in MARKER; prints what
 # Python saw. stdio "devnull": the child's only pipes are the report and release pipes.
@@ -49,13 +55,7 @@ session.close()
 
 @pytest.fixture(scope="module")
 def kill_agent_at_pdeathsig(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    program = tmp_path_factory.mktemp("helpers") / "kill_agent_at_pdeathsig"
-    source = Path(__file__).parent / "helpers" / "kill_agent_at_pdeathsig.c"
-    subprocess.run(
-        ["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(program), str(source)],
-        check=True,
-    )
-    return program
+    return build_helper(tmp_path_factory, "kill_agent_at_pdeathsig")
 
 
 @contextlib.contextmanager

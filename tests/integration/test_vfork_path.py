@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from linx import _launcher
-from tests.conftest import NOBODY, ROOT, SPAWN_PATHS, run_python, spawn_path_env
+from tests.conftest import NOBODY, ROOT, SPAWN_PATHS, build_helper, run_python, spawn_path_env
 from tests.integration.test_lifecycle import stalled_listener
 
 # The workload reports what it sees, then holds until its stdin closes, so that the host
@@ -336,10 +336,7 @@ print(json.dumps(dict(seen)))
 
 @pytest.fixture(scope="module")
 def kill_at_execve(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    program = tmp_path_factory.mktemp("helpers") / "kill_at_execve"
-    source = Path(__file__).parent / "helpers" / "kill_at_execve.c"
-    subprocess.run(["cc", "-O2", "-o", str(program), str(source)], check=True)
-    return program
+    return build_helper(tmp_path_factory, "kill_at_execve")
 
 
 @pytest.mark.parametrize(
@@ -387,10 +384,7 @@ print(json.dumps(dict(seen)))
 
 @pytest.fixture(scope="module")
 def rename_and_exit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    program = tmp_path_factory.mktemp("helpers") / "rename_and_exit"
-    source = Path(__file__).parent / "helpers" / "rename_and_exit.c"
-    subprocess.run(["cc", "-O2", "-static", "-o", str(program), str(source)], check=True)
-    return program
+    return build_helper(tmp_path_factory, "rename_and_exit", "-static")
 
 
 @pytest.mark.parametrize("name", ["linx/pre-exec", "linx-agent"])
