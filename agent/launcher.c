@@ -1,6 +1,4 @@
-/* launcher: the long-lived per-Python-process forker: START_AGENT -> fork an agent with
- * the session socket on fd 3; reap agents and report AGENT_EXITED. Must never keep
- * session state beyond pid -> token, nor tie an agent's life to its own. */
+/* launcher: see launcher.h. */
 #define _GNU_SOURCE
 #include "launcher.h"
 
@@ -17,6 +15,7 @@
 
 #include "agent.h"
 #include "chan.h"
+#include "orphans.h"
 #include "request.h"
 #include "util.h"
 #include "wire.h"
@@ -29,6 +28,7 @@
 struct agent_rec {
 	pid_t pid;
 	uint64_t token;
+	long orphans_entry;	/* where it notes its child (orphans.h); -1: nowhere */
 };
 
 struct launcher {
@@ -130,16 +130,18 @@ static void start_agent(struct launcher *l, uint64_t token, int session_fd)
 		l->agents = na;
 		l->cap = ncap;
 	}
+	long entry = orphans_claim();
 	pid_t pid = fork();
 	if (pid == 0)
 		become_agent(l, session_fd);
 	int err = errno;
 	close(session_fd);
 	if (pid < 0) {
+		orphans_agent_gone(entry);
 		launch_failed(l, token, "fork", err);
 		return;
 	}
-	l->agents[l->nagents++] = (struct agent_rec){ pid, token };
+	l->agents[l->nagents++] = (struct agent_rec){ pid, token, entry };
 }
 
 static void reap_agents(struct launcher *l)
@@ -161,25 +163,30 @@ static void reap_agents(struct launcher *l)
 				diag("waitpid", errno);
 			return;
 		}
-		for (size_t i = 0; i < l->nagents; i++) {
-			if (l->agents[i].pid != pid)
-				continue;
-			uint64_t token = l->agents[i].token;
-			l->agents[i] = l->agents[--l->nagents];
-			/* an agent exits 0 only after its terminal frame (or once Python is gone):
-			 * then nobody needs to hear of it, and Python's reactor is not woken */
-			if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-				break;
-			struct wire_out o;
-			wire_begin(&o, MSG_AGENT_EXITED);
-			wire_put_u64(&o, 1, token);
-			if (WIFSIGNALED(st))
-				wire_put_u32(&o, 3, (uint32_t)WTERMSIG(st));
-			else
-				wire_put_u32(&o, 2, (uint32_t)WEXITSTATUS(st));
-			queue(l, &o);
-			break;
+		size_t i = 0;
+		while (i < l->nagents && l->agents[i].pid != pid)
+			i++;
+		if (i == l->nagents) {
+			/* inherited (we are a subreaper): an orphaned workload, or what a workload
+			 * left running */
+			orphans_reaped(pid);
+			continue;
 		}
+		uint64_t token = l->agents[i].token;
+		orphans_agent_gone(l->agents[i].orphans_entry);
+		l->agents[i] = l->agents[--l->nagents];
+		/* an agent exits 0 only after its terminal frame (or once Python is gone):
+		 * then nobody needs to hear of it, and Python's reactor is not woken */
+		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+			continue;
+		struct wire_out o;
+		wire_begin(&o, MSG_AGENT_EXITED);
+		wire_put_u64(&o, 1, token);
+		if (WIFSIGNALED(st))
+			wire_put_u32(&o, 3, (uint32_t)WTERMSIG(st));
+		else
+			wire_put_u32(&o, 2, (uint32_t)WEXITSTATUS(st));
+		queue(l, &o);
 	}
 }
 
@@ -262,6 +269,10 @@ int launcher_main(int ctl_fd)
 		diag("signalfd", errno);
 		return 1;
 	}
+	/* without it, a workload that dropped its ids outlives an agent that dies: said, not
+	 * fatal, since every other guarantee stands */
+	if ((err = orphans_init()))
+		diag("orphans", err);
 
 	for (int busy = 0;;) {
 		struct pollfd p[2] = {

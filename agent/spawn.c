@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "child.h"
+#include "orphans.h"
 
 /* A connect to a listener whose backlog is full waits for room, and the agent's one thread
  * would answer neither Python nor its EOF meanwhile. For AF_UNIX a non-blocking connect
@@ -295,6 +296,7 @@ int spawn_start(const struct spawn_req *req, const int *passed, int ctl_fd,
 		goto out;
 	}
 	c->pid = pid;
+	orphans_note_child(pid);
 	c->pidfd = pidfd;
 	c->report_rd = report[0];
 	c->release_wr = release[1];
@@ -470,6 +472,7 @@ int child_reap(struct child *c, int *status)
 
 	*status = 0;
 	if (c->pid > 0) {
+		orphans_note_child(0);	/* the wait frees its pid for reuse */
 		while (waitpid(c->pid, status, 0) < 0) {
 			if (errno != EINTR) {
 				err = errno;

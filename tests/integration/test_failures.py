@@ -11,6 +11,7 @@ import pickle
 import signal
 import socket
 import struct
+import sys
 import termios
 import time
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 import linx
+from linx._runtime import get_runtime
 from tests.conftest import (
     INTERRUPTED_SPAWN,
+    Pipe,
     capture_stdout,
     child_pids,
     drain,
@@ -286,6 +289,86 @@ def test_a_workload_with_changed_ids_still_dies_with_its_agent(
         os.kill(agent, signal.SIGKILL)
         assert expect(session, linx.Failed).error.stage == "agent_died"
         assert wait_until(lambda: not pid_alive(ready.host_pid))
+
+
+# A workload that drops root itself, as a service does (setuid(2); `setpriv`, `gosu`): the
+# kernel clears its death signal, and nothing in the child can arm it again.
+DROPS_ITS_IDS = """
+import os, time
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+print("dropped", flush=True)
+time.sleep(60)
+"""
+
+
+def linx_launcher_pid() -> int:
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    return launcher.pid
+
+
+def gone_and_reaped(pid: int) -> bool:
+    """Not even a zombie: somebody reaped it."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "auto_proceed"])
+@pytest.mark.parametrize("namespaces", [[], ["pid"]], ids=["no-ns", "pid-ns"])
+def test_a_workload_that_drops_its_own_ids_still_dies_with_its_agent(
+    session_factory: Factory, pipe: Pipe, auto_proceed: bool, namespaces: list[str]
+) -> None:
+    # The launcher, a child subreaper, inherits the dead agent's child and kills it.
+    argv = [sys.executable, "-c", DROPS_ITS_IDS]
+    session = session_factory(
+        argv, namespaces=namespaces, stdio={"stdout": pipe.write_end}, auto_proceed=auto_proceed
+    )
+    ready = expect(session, linx.Ready)
+    if not auto_proceed:
+        session.proceed()
+    with killed_afterwards(ready.host_pid):
+        expect(session, linx.Running)
+        assert pipe.read_lines(1) == ["dropped"]
+        assert os.stat(f"/proc/{ready.host_pid}").st_uid == 65534
+        agent = session._channel.state.agent_pid
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        failed = expect(session, linx.Failed)
+        assert (failed.error.stage, failed.error.code) == ("agent_died", -signal.SIGKILL)
+        assert wait_until(lambda: gone_and_reaped(ready.host_pid))
+
+
+def test_what_a_workload_left_running_outlives_another_agents_death(
+    session_factory: Factory, pipe: Pipe
+) -> None:
+    # The launcher inherits it when its workload ends (it is a subreaper), and must kill
+    # only the child a dead agent noted: the rest runs on, as SPEC §5 has it, and is
+    # reaped when it ends.
+    left = session_factory(
+        ["/bin/sh", "-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!"],
+        stdio={"stdout": pipe.write_end},
+        auto_proceed=True,
+    )
+    (daemon,) = map(int, pipe.read_lines(1))
+    try:
+        assert left.wait(10) == linx.Exited(0)
+        assert wait_until(lambda: daemon in child_pids(linx_launcher_pid()))
+        other = session_factory(["/bin/sleep", "60"], auto_proceed=True)
+        ready = expect(other, linx.Ready)
+        expect(other, linx.Running)
+        with killed_afterwards(ready.host_pid):
+            agent = other._channel.state.agent_pid
+            assert agent is not None
+            os.kill(agent, signal.SIGKILL)
+            assert expect(other, linx.Failed).error.stage == "agent_died"
+            assert wait_until(lambda: gone_and_reaped(ready.host_pid))
+        assert pid_alive(daemon)
+        os.kill(daemon, signal.SIGTERM)
+        assert wait_until(lambda: gone_and_reaped(daemon))
+    finally:
+        if pid_alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
 
 
 def test_an_agent_killed_while_the_launcher_is_busy_is_reported_with_its_status(
