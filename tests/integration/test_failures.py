@@ -8,10 +8,12 @@ import fcntl
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from linx._runtime import get_runtime
 from tests.conftest import (
     INTERRUPTED_SPAWN,
     Pipe,
+    build_helper,
     capture_stdout,
     child_pids,
     drain,
@@ -336,6 +339,48 @@ def test_a_workload_that_drops_its_own_ids_still_dies_with_its_agent(
         os.kill(agent, signal.SIGKILL)
         failed = expect(session, linx.Failed)
         assert (failed.error.stage, failed.error.code) == ("agent_died", -signal.SIGKILL)
+        assert wait_until(lambda: gone_and_reaped(ready.host_pid))
+
+
+@pytest.fixture
+def setuid_root_program(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A set-user-ID root program that prints its euid, in a directory others may reach
+    (pytest's own are root's alone)."""
+    built = build_helper(tmp_path_factory, "setuid_report")
+    where = tempfile.mkdtemp(prefix="linx-setuid-")
+    try:
+        os.chmod(where, 0o755)
+        program = shutil.copy(built, where)
+        os.chmod(program, 0o4755)
+        yield program
+    finally:
+        shutil.rmtree(where)
+
+
+@pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "auto_proceed"])
+def test_a_set_user_id_workload_still_dies_with_its_agent(
+    session_factory: Factory, pipe: Pipe, setuid_root_program: str, auto_proceed: bool
+) -> None:
+    # Run as nobody, the program's execve makes it root again: the kernel clears the
+    # death signal there, after every step of ours.
+    session = session_factory(
+        [setuid_root_program],
+        uid=65534,
+        gid=65534,
+        groups=[],
+        stdio={"stdout": pipe.write_end},
+        auto_proceed=auto_proceed,
+    )
+    ready = expect(session, linx.Ready)
+    if not auto_proceed:
+        session.proceed()
+    expect(session, linx.Running)
+    with killed_afterwards(ready.host_pid):
+        assert pipe.read_lines(1) == ["0"]
+        agent = session._channel.state.agent_pid
+        assert agent is not None
+        os.kill(agent, signal.SIGKILL)
+        assert expect(session, linx.Failed).error.stage == "agent_died"
         assert wait_until(lambda: gone_and_reaped(ready.host_pid))
 
 
