@@ -72,16 +72,7 @@ def _refuse_coroutine_function(owner: Any, function: Any) -> None:
 
 
 def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
-    import asyncio
-
-    loop = getattr(queue, "_loop", None)
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise ValueError(
-                "an asyncio.Queue owner must be given from inside its running event loop"
-            ) from None
+    loop = _loop_of(queue)
 
     def deliver(event: Event) -> None:
         try:
@@ -90,6 +81,33 @@ def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
             log.debug("linx: dropped %r, the owner's event loop is closed", event)
 
     return deliver
+
+
+def _loop_of(queue: asyncio.Queue[Event]) -> asyncio.AbstractEventLoop:
+    """The loop `queue` is fed on: its own, or else the running one, which it is then bound
+    to. asyncio binds a queue only when a task first waits on it; left unbound, a queue made
+    for another loop would be fed here and then waited on there, and that waiter, woken
+    from the wrong thread, would sleep on (for ever, with no other wake-up). Bound, such a
+    wait raises asyncio's "bound to a different event loop" instead."""
+    import asyncio
+
+    loop: asyncio.AbstractEventLoop | None = getattr(queue, "_loop", None)
+    if loop is not None:
+        return loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        raise ValueError(
+            "an asyncio.Queue owner must be given from inside its running event loop"
+        ) from None
+    bind = getattr(queue, "_get_loop", None)  # asyncio's own, private: it may go some day
+    if bind is None:
+        return running
+    try:
+        return bind()  # type: ignore[no-any-return]
+    except RuntimeError:
+        # bound meanwhile by a task of its own loop, in another thread
+        return queue._loop  # type: ignore[attr-defined,no-any-return]
 
 
 def deliver_guarded(deliver: Deliver, event: Event) -> None:

@@ -9,16 +9,21 @@ import functools
 import itertools
 import logging
 import pickle
+import signal
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
+from typing import TypeVar
 
 import pytest
 
 import linx
 import linx.aio
 from tests.conftest import pid_alive, wait_until
+
+T = TypeVar("T")
 
 
 async def _next(queue: asyncio.Queue[linx.Event], timeout: float = 10.0) -> linx.Event:
@@ -208,6 +213,73 @@ def test_an_asyncio_queue_used_on_a_loop_in_another_thread_is_fed_on_that_loop()
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
         loop.close()
+
+
+def test_an_unbound_asyncio_queue_of_another_loop_fails_there_rather_than_hang() -> None:
+    # asyncio binds a queue to its loop only when a task first waits on it. Given before
+    # that, from loop A, it was fed on A; a task of its own loop B then waiting on it was
+    # woken from A's thread, which B never noticed: it waited for ever. Bound to A at the
+    # call, the wait on B raises asyncio's "bound to a different event loop" at once.
+    other = asyncio.new_event_loop()
+    runner = threading.Thread(target=other.run_forever, daemon=True)
+    runner.start()
+
+    async def made_there() -> asyncio.Queue[linx.Event]:
+        return asyncio.Queue()
+
+    async def waiting_there(queue: asyncio.Queue[linx.Event]) -> Future[linx.Event]:
+        # Its outcome is passed on from its own loop's thread: asking that loop for it
+        # (run_coroutine_threadsafe) would wake the loop, which a hanging wait needs.
+        got: Future[linx.Event] = Future()
+        getter = asyncio.ensure_future(queue.get())
+        getter.add_done_callback(functools.partial(_pass_on, got))
+        await asyncio.sleep(0)  # it has run: raised, or waits on the empty queue
+        return got
+
+    async def main() -> None:
+        queue = asyncio.run_coroutine_threadsafe(made_there(), other).result(10)
+        async with await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True) as session:
+            await _running(session)
+            session.set_owner(queue)  # nothing is on its way: the workload sleeps
+            getter = asyncio.run_coroutine_threadsafe(waiting_there(queue), other).result(10)
+            session.signal(signal.SIGKILL)  # its terminal event goes to `queue`
+            assert await session.wait(timeout=10) == linx.Signaled(signum=signal.SIGKILL)
+            with pytest.raises(RuntimeError, match="different event loop"):
+                await asyncio.wait_for(asyncio.wrap_future(getter), 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        runner.join(10)
+        other.close()
+
+
+def test_the_default_queue_of_a_session_outliving_its_loop_fails_on_the_next_one() -> None:
+    # A session started in one asyncio.run() and used in the next: its events go to the
+    # first loop, closed, and are dropped; `events.get()` on the second one waited for ever.
+    async def first() -> linx.aio.Session:
+        return await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True)
+
+    async def second(session: linx.aio.Session) -> None:
+        events = session.events
+        assert events is not None
+        async with session:
+            while not events.empty():  # what reached it before its loop closed
+                events.get_nowait()
+            with pytest.raises(RuntimeError, match="different event loop"):
+                await asyncio.wait_for(events.get(), 30)
+            session.signal(signal.SIGTERM)  # the session is not lost
+            assert await session.wait(timeout=10) == linx.Signaled(signum=signal.SIGTERM)
+
+    asyncio.run(second(asyncio.run(first())))
+
+
+def _pass_on(to: Future[T], task: asyncio.Future[T]) -> None:
+    if task.exception() is None:
+        to.set_result(task.result())
+    else:
+        to.set_exception(task.exception())
 
 
 def test_aio_sessions_never_block_the_event_loop() -> None:
