@@ -2,7 +2,8 @@
 
 Owners are called from the reactor thread and must not block. An `asyncio.Queue` is fed on
 its own loop with `call_soon_threadsafe`, so it is safe from any thread. A failing owner (even
-one that raises `SystemExit`) is logged, never allowed to stop the reactor.
+one that raises `SystemExit`) is logged, never allowed to stop the reactor; so is one that
+returns a coroutine, which nothing would await.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import logging
 import queue
 import sys
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("linx")
 
-Deliver = Callable[[Event], None]
+Deliver = Callable[[Event], object]  # what an owner returns is not used
 
 
 def make_deliver(owner: Any) -> Deliver:
@@ -113,8 +115,27 @@ def _loop_of(queue: asyncio.Queue[Event]) -> asyncio.AbstractEventLoop:
 def deliver_guarded(deliver: Deliver, event: Event) -> None:
     """`deliver(event)`, logging what the owner raises instead of passing it on."""
     try:
-        deliver(event)
+        returned = deliver(event)
     except BaseException:
         # BaseException too: a SystemExit raised in an owner (sys.exit() in a callback)
         # would otherwise end the reactor thread quietly, and every session with it.
         log.exception("linx: the owner failed to take %r", event)
+        return
+    if isinstance(returned, types.CoroutineType):
+        _refuse_coroutine(returned, event)
+
+
+def _refuse_coroutine(coroutine: types.CoroutineType[Any, Any, Any], event: Event) -> None:
+    """An owner that only looks synchronous (a plain wrapper of an `async def`, which
+    `make_deliver` cannot tell from one that schedules the coroutine itself) made a
+    coroutine of the event: nothing in the reactor thread will await it, so the event is
+    lost. Said as an error, naming the owner's coroutine, rather than left to Python's
+    "never awaited" warning, which names neither linx nor the event."""
+    coroutine.close()
+    log.error(
+        "linx: the owner returned a coroutine (%s) for %r and nothing awaits it: the event "
+        "is lost. Owners are called in linx's reactor thread; give an asyncio.Queue, or a "
+        "plain function (one that calls loop.call_soon_threadsafe, say)",
+        coroutine.__qualname__,
+        event,
+    )

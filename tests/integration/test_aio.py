@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -460,6 +461,37 @@ def test_a_coroutine_function_owner_is_refused_not_silently_never_awaited(owner:
     with pytest.raises(TypeError, match="coroutine function"):
         linx.spawn(["/bin/true"], auto_proceed=True, owner=owner)  # type: ignore[arg-type]
     asyncio.run(main())
+
+
+def _wrapped_as_plain(function: Callable[[linx.Event], object]) -> Callable[[linx.Event], object]:
+    @functools.wraps(function)  # a plain decorator around an async handler (tracing, say)
+    def wrapper(event: linx.Event) -> object:
+        return function(event)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [_wrapped_as_plain(_async_owner), lambda event: _async_owner(event)],
+    ids=["decorated", "lambda"],
+)
+def test_an_owner_returning_a_coroutine_is_logged_as_an_error_for_each_lost_event(
+    owner: Callable[[linx.Event], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain function cannot be refused for what it returns before it is called; the
+    # coroutine it made was dropped with at most a "never awaited" RuntimeWarning, which
+    # names neither linx nor the event, and every event was lost without a word.
+    async def main() -> None:
+        async with await linx.aio.spawn(["/bin/true"], auto_proceed=True, owner=owner) as s:
+            assert await s.wait(timeout=10) == linx.Exited(code=0)  # after its last event
+
+    with caplog.at_level(logging.ERROR, logger="linx"):
+        asyncio.run(main())
+    lost = [r.getMessage() for r in caplog.records if "returned a coroutine" in r.getMessage()]
+    assert len(lost) == 3 and all("(_async_owner)" in m for m in lost)
+    for message, event in zip(lost, ["Ready(", "Running() ", "Exited(code=0) "], strict=True):
+        assert f" for {event}" in message
 
 
 def test_a_copied_session_is_the_same_handle_and_pickling_one_is_refused() -> None:
