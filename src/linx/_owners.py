@@ -31,7 +31,8 @@ def make_deliver(owner: Any) -> Deliver:
 
     Raises `ValueError` for a bounded `queue.Queue` or `asyncio.Queue`: the reactor thread
     cannot wait for room in it (every session of the process would stall), and dropping
-    events would break the one-terminal-event promise.
+    events would break the one-terminal-event promise; and for an `asyncio.Queue` whose
+    loop is closed (or that has none, outside a running loop).
     """
     # asyncio is not imported for this check: a program that has not imported it has no
     # asyncio.Queue, and importing it costs a third of `import linx` (docs/performance.md).
@@ -75,6 +76,12 @@ def _refuse_coroutine_function(owner: Any, function: Any) -> None:
 
 def _asyncio_queue_deliver(queue: asyncio.Queue[Event]) -> Deliver:
     loop = _loop_of(queue)
+    if loop.is_closed():
+        # one made in an earlier asyncio.run(), say: every event would be dropped
+        raise ValueError(
+            f"owner {queue!r} belongs to an event loop that is closed, where nothing can "
+            "read it; give an asyncio.Queue of the running loop"
+        )
 
     def deliver(event: Event) -> None:
         try:

@@ -411,6 +411,39 @@ def test_a_bounded_asyncio_queue_owner_is_refused() -> None:
     asyncio.run(main())
 
 
+def test_an_asyncio_queue_of_a_closed_loop_is_refused_as_owner_at_the_call() -> None:
+    # A queue of an earlier asyncio.run() (an app-wide one, a fixture's): every event was
+    # dropped where nothing could read it, and the caller heard nothing of it.
+    async def given() -> asyncio.Queue[linx.Event]:
+        queue: asyncio.Queue[linx.Event] = asyncio.Queue()
+        async with await linx.aio.spawn(["/bin/true"], auto_proceed=True, owner=queue) as s:
+            assert await s.wait(timeout=10) == linx.Exited(code=0)
+        return queue
+
+    async def waited_on() -> asyncio.Queue[linx.Event]:
+        queue: asyncio.Queue[linx.Event] = asyncio.Queue()
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.sleep(0)  # it waits on the queue: bound to this loop
+        getter.cancel()
+        return queue
+
+    stale = [asyncio.run(given()), asyncio.run(waited_on())]  # bound by linx, by asyncio
+
+    async def main() -> None:
+        for queue in stale:
+            for spawn in (linx.spawn, linx.aio.spawn):
+                with pytest.raises(ValueError, match="event loop that is closed"):
+                    started = spawn(["/bin/true"], owner=queue)
+                    if asyncio.iscoroutine(started):
+                        await started
+            async with await linx.aio.spawn(["/bin/sleep", "30"]) as session:
+                with pytest.raises(ValueError, match="event loop that is closed"):
+                    session.set_owner(queue)
+                assert session.owner is session.events
+
+    asyncio.run(main())
+
+
 def test_sessions_are_made_by_spawn_only() -> None:
     # made directly, an aio session had no core, and every use failed with AttributeError
     with pytest.raises(TypeError, match=r"linx\.spawn\(\)"):
