@@ -80,7 +80,7 @@ class Settled(Generic[T]):
     def future(self) -> concurrent.futures.Future[T]:
         """A `concurrent.futures.Future` of its own for one waiter (`asyncio.wrap_future`).
 
-        Its waiter may cancel it (a timed-out `wait_for` does); that touches no one else's.
+        Its waiter may cancel it (a timed-out or cancelled wait does); that touches no one else's.
         """
         import concurrent.futures  # only asyncio waiters need it: not at `import linx`
 

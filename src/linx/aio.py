@@ -18,6 +18,7 @@ from typing import Any, NoReturn, ParamSpec, SupportsIndex, TypeVar
 
 from . import _options
 from . import session as _sync
+from ._channel import Channel, Result
 from ._state import Info
 from ._types import ExitReason, Owner
 from .errors import NoProcess
@@ -87,11 +88,10 @@ class Session:
         if channel.closed:
             raise NoProcess("the session is closed")
         if channel.outcome.done:
-            # wrap_future completes only on a later round of the loop, and wait_for with a
-            # timeout of 0 would not give it that round: wait(0) must poll
+            # wrap_future completes only on a later round of the loop, and a timeout of 0
+            # would not give it that round: wait(0) must poll
             return _unwrap(channel.outcome.wait(0))
-        future = asyncio.wrap_future(channel.outcome.future())
-        return _unwrap(await asyncio.wait_for(future, timeout))
+        return _unwrap(await _outcome(channel, timeout))
 
     async def aclose(self) -> None:
         """As `linx.Session.close()`: abort or kill a live session and await its end."""
@@ -99,7 +99,7 @@ class Session:
         if not channel.begin_close():
             return
         try:
-            await asyncio.wait_for(asyncio.wrap_future(channel.outcome.future()), CLOSE_TIMEOUT)
+            await _outcome(channel, CLOSE_TIMEOUT)
         except TimeoutError:
             log.warning("linx: session %s did not end after SIGKILL; abandoning it", self)
         finally:
@@ -127,6 +127,18 @@ class Session:
         if core is None:
             return "<linx.aio.Session (not started)>"
         return repr(core).replace("linx.Session", "linx.aio.Session")
+
+
+async def _outcome(channel: Channel, timeout: float | None) -> Result:
+    """The channel's outcome, awaited for at most `timeout` seconds (`TimeoutError`).
+
+    Not `asyncio.wait_for`: on Python 3.11 a cancellation that comes as the outcome does
+    returns the outcome and drops the cancellation, so a cancelled task (a TaskGroup's, a
+    request's under `asyncio.timeout`, asyncio.run's shutdown) ran on as if never
+    cancelled."""
+    future = asyncio.wrap_future(channel.outcome.future())
+    async with asyncio.timeout(timeout):
+        return await future
 
 
 def _takes_the_options_of(

@@ -126,6 +126,34 @@ def test_aio_async_with_cancelled_again_while_closing_still_closes() -> None:
     assert pid is not None and wait_until(lambda: not pid_alive(pid))
 
 
+@pytest.mark.parametrize("verb", ["aclose", "wait"])
+def test_a_task_cancelled_as_the_outcome_comes_is_cancelled_not_returned(verb: str) -> None:
+    # asyncio.wait_for on Python 3.11 returns the result of a future that is done when the
+    # cancellation wakes it, dropping the cancellation: a task cancelled (by a TaskGroup,
+    # asyncio.timeout, asyncio.run's shutdown) just as its session ended ran on.
+    async def main() -> None:
+        session = await linx.aio.spawn(["/bin/sleep", "30"], auto_proceed=True)
+        await _running(session)
+        awaiting = asyncio.ensure_future(
+            session.aclose() if verb == "aclose" else session.wait(timeout=30)
+        )
+        await asyncio.sleep(0)  # it awaits the outcome now
+        later = session._core._channel.outcome.future()  # given the outcome after its own
+        if verb == "wait":
+            session.signal(signal.SIGKILL)
+
+        def cancel_as_the_outcome_comes() -> None:
+            later.result(10)  # blocks the loop: the task's outcome is queued on it by now
+            awaiting.cancel()
+
+        asyncio.get_running_loop().call_soon(cancel_as_the_outcome_comes)
+        with pytest.raises(asyncio.CancelledError):
+            await awaiting
+        await session.aclose()
+
+    asyncio.run(main())
+
+
 def test_aio_wait_timeout_raises_timeout_error_and_leaves_the_session_alive() -> None:
     async def main() -> None:
         async with await linx.aio.spawn(["/bin/sleep", "60"], auto_proceed=True) as session:
