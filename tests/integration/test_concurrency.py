@@ -430,13 +430,21 @@ def test_a_spawn_from_a_signal_handler_that_interrupted_a_spawn_raises_instead_o
     # inside the runtime's locked section of another spawn waited for it for ever.
     done = run_python(
         """
-        import os, signal, time, linx
+        import os, signal, threading, time, linx
         from linx._runtime import get_runtime
-        linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
-        # the spare that spawn asked for in place: its refill makes fds and closes some
+        first = linx.spawn(["/bin/true"], auto_proceed=True)
+        first.wait(timeout=10)
+        # the spare that spawn asked for in place (its refill makes fds and closes some),
+        # and its own socket closed (the reactor takes it after the round of its outcome,
+        # then closes it: a call queued after that runs once it is closed)
         runtime, deadline = get_runtime(), time.monotonic() + 10
-        while (runtime._spare is None or runtime._refilling) and time.monotonic() < deadline:
+        def settling():
+            return runtime._spare is None or runtime._refilling or first._channel._sock
+        while settling() and time.monotonic() < deadline:
             time.sleep(0.01)
+        synced = threading.Event()
+        runtime.reactor.call_soon(synced.set)
+        synced.wait(10)
         def open_fds():  # not the listing's own, whose number varies with what is open
             return {n for n in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{n}")}
         before = open_fds()
