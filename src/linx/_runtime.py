@@ -11,6 +11,7 @@ import functools
 import itertools
 import os
 import socket
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -195,7 +196,7 @@ class Runtime:
         under one lock, so no word of the launcher on it falls in between. None if its
         launcher is dead or has other credentials than `credentials`."""
         with self._lock:
-            if self._spare is None and self._refilling and not self.reactor.in_reactor_thread():
+            if self._spare is None and self._refilling and self._may_wait_for_refill():
                 self._refilled.wait_for(lambda: not self._refilling, REFILL_WAIT)
             spare, self._spare = self._spare, None
             if spare is not None:
@@ -209,6 +210,14 @@ class Runtime:
             self._discard(spare)
             return None
         return spare
+
+    def _may_wait_for_refill(self) -> bool:
+        """Not in the reactor thread, which would wait for itself, nor in a running event
+        loop (`linx.aio`), which must never block: both ask the launcher themselves."""
+        if self.reactor.in_reactor_thread():
+            return False
+        asyncio = sys.modules.get("asyncio")  # not imported here: see _owners.make_deliver
+        return asyncio is None or asyncio._get_running_loop() is None
 
     def _refill_soon(self) -> None:
         """Ask for the next spare after this loop round (reactor thread)."""

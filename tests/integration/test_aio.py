@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ import pytest
 
 import linx
 import linx.aio
+from linx._runtime import get_runtime
 from tests.conftest import pid_alive, wait_until
 
 T = TypeVar("T")
@@ -341,6 +342,53 @@ def test_aio_sessions_never_block_the_event_loop() -> None:
     # The sessions took at least 1 s; a loop blocked on them would show a gap that long.
     assert longest_gap < 0.5, longest_gap
     assert ticks >= 40, ticks
+
+
+@contextlib.contextmanager
+def a_refill_under_way() -> Iterator[None]:
+    """The runtime as a spawn finds it right after an outcome: no spare, the reactor's
+    refill not done yet (held so here, the real spare set aside)."""
+    runtime = get_runtime()
+    assert wait_until(lambda: runtime._spare is not None and not runtime._refilling)
+    with runtime._lock:
+        spare, runtime._spare = runtime._spare, None
+        runtime._refilling = True
+    try:
+        yield
+    finally:
+        with runtime._lock:
+            runtime._refilling = False
+            spare, runtime._spare = runtime._spare, spare
+        if spare is not None:
+            runtime._discard(spare)
+
+
+def test_a_spawn_in_a_running_event_loop_never_waits_for_the_refill_of_the_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A sync spawn waits for the refill under way (up to REFILL_WAIT), which a blocking
+    # caller can afford; in a running loop that wait would block every task of the loop.
+    runtime = get_runtime()
+    linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10)
+    waited: list[bool] = []
+    wait_for = runtime._refilled.wait_for
+
+    def recording(predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        waited.append(True)
+        return wait_for(predicate, timeout)
+
+    monkeypatch.setattr(runtime._refilled, "wait_for", recording)
+
+    async def main() -> linx.Outcome:
+        session = await linx.aio.spawn(["/bin/true"], auto_proceed=True)
+        return await session.wait(timeout=10)
+
+    with a_refill_under_way():
+        assert asyncio.run(main()) == linx.Exited(0)
+    assert waited == []
+    with a_refill_under_way():  # the same spawn outside a loop does wait
+        assert linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=10) == linx.Exited(0)
+    assert waited == [True]
 
 
 def test_an_aio_callable_owner_can_use_the_session_from_the_first_event() -> None:
