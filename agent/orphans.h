@@ -29,8 +29,9 @@ void orphans_agent_gone(long entry);
  * noted, so that no later orphans_agent_gone signals its pid, which is free again. */
 void orphans_reaped(pid_t pid);
 
-/* Agent: its child is `pid` (0: reaped, or about to be: clear it before the wait that
- * frees the pid). A no-op in an agent that did not come from a launcher with a table. */
+/* Agent: its child is `pid` (0: about to be reaped: clear it once the child has exited,
+ * not before, and before the wait that frees the pid). A no-op in an agent that did not
+ * come from a launcher with a table. */
 void orphans_note_child(pid_t pid);
 
 #endif

@@ -466,14 +466,29 @@ void child_kill(struct child *c)
 		diag("kill", err);
 }
 
+/* Waits for the child to exit, and leaves it a zombie. Until then it stays noted: an agent
+ * that dies in a long wait (a lingering orphan's) still has the launcher kill it. Returns 0
+ * or an errno. */
+static int await_exit(const struct child *c)
+{
+	siginfo_t info;
+
+	while (waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOWAIT) < 0) {
+		if (errno != EINTR)
+			return errno;
+	}
+	return 0;
+}
+
 int child_reap(struct child *c, int *status)
 {
 	int err = 0;
 
 	*status = 0;
 	if (c->pid > 0) {
-		orphans_note_child(0);	/* the wait frees its pid for reuse */
-		while (waitpid(c->pid, status, 0) < 0) {
+		err = await_exit(c);
+		orphans_note_child(0);	/* the wait below frees its pid for reuse */
+		while (!err && waitpid(c->pid, status, 0) < 0) {
 			if (errno != EINTR) {
 				err = errno;
 				break;

@@ -384,6 +384,31 @@ def test_a_set_user_id_workload_still_dies_with_its_agent(
         assert wait_until(lambda: gone_and_reaped(ready.host_pid))
 
 
+def test_a_lingering_workload_that_drops_its_own_ids_still_dies_with_its_agent(
+    pipe: Pipe,
+) -> None:
+    # A dropped session's agent waits for its "linger" workload, for as long as it runs:
+    # it must stay noted through that wait, or the launcher has nothing to kill when the
+    # agent dies in it (the death signal is long gone).
+    session = linx.spawn(
+        [sys.executable, "-c", DROPS_ITS_IDS],
+        stdio={"stdout": pipe.write_end},
+        auto_proceed=True,
+        orphan_policy="linger",
+    )
+    ready = expect(session, linx.Ready)
+    with killed_afterwards(ready.host_pid):
+        expect(session, linx.Running)
+        assert pipe.read_lines(1) == ["dropped"]
+        agent = session._channel.state.agent_pid
+        assert agent is not None
+        del session
+        # the agent applies the policy: it waits for the workload
+        assert wait_until(lambda: Path(f"/proc/{agent}/wchan").read_text() == "do_wait")
+        os.kill(agent, signal.SIGKILL)
+        assert wait_until(lambda: gone_and_reaped(ready.host_pid))
+
+
 def test_what_a_workload_left_running_outlives_another_agents_death(
     session_factory: Factory, pipe: Pipe
 ) -> None:
