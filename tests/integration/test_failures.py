@@ -25,6 +25,7 @@ import linx
 from linx._runtime import get_runtime
 from tests.conftest import (
     INTERRUPTED_SPAWN,
+    NOBODY,
     Pipe,
     build_helper,
     capture_stdout,
@@ -382,6 +383,40 @@ def test_a_set_user_id_workload_still_dies_with_its_agent(
         os.kill(agent, signal.SIGKILL)
         assert expect(session, linx.Failed).error.stage == "agent_died"
         assert wait_until(lambda: gone_and_reaped(ready.host_pid))
+
+
+# Run by an unprivileged caller: the workload execs a set-user-ID root program, which keeps
+# the caller's real uid, so the caller's launcher may still signal it.
+UNPRIVILEGED_SET_USER_ID = """
+import json, os, pathlib, signal, sys, time, linx
+r, w = os.pipe()
+session = linx.spawn([PROGRAM], stdio={"stdout": w}, auto_proceed=True)
+os.close(w)
+ready = session.events.get(timeout=20)
+assert isinstance(ready, linx.Ready), ready
+euid = os.read(r, 64).decode().strip()
+os.kill(session._channel.state.agent_pid, signal.SIGKILL)
+outcome = session.events.get(timeout=20)
+if isinstance(outcome, linx.Running):
+    outcome = session.events.get(timeout=20)
+proc = pathlib.Path(f"/proc/{ready.host_pid}")
+deadline = time.monotonic() + 20
+while proc.exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps([os.getuid(), euid, outcome.error.stage, proc.exists()]))
+if proc.exists():
+    os.kill(ready.host_pid, signal.SIGKILL)  # real uid ours: we may
+"""
+
+
+def test_an_unprivileged_callers_set_user_id_workload_still_dies_with_its_agent(
+    setuid_root_program: str, nobody_python: None
+) -> None:
+    # The launcher needs no privilege to be a subreaper, nor to kill what its caller may.
+    code = f"PROGRAM = {setuid_root_program!r}\n" + UNPRIVILEGED_SET_USER_ID
+    done = run_python(code, user=NOBODY)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [NOBODY, "0", "agent_died", False]
 
 
 def test_a_lingering_workload_that_drops_its_own_ids_still_dies_with_its_agent(
