@@ -12,13 +12,14 @@
 
 #include "util.h"
 
-/* Entries, one per live agent: more than a machine runs (each agent and its child are
- * two processes of pid_max). 4 MiB of address space, shared; a page is memory only once
- * an entry in it is used. */
+/* Entries, one per live agent: half of what the largest pid_max (2^22) allows, each agent
+ * and its child being two processes, and far more than memory does (an agent is some
+ * 400 KiB). 4 MiB of address space, shared; a page is memory only once an entry in it is
+ * used. */
 #define TABLE_ENTRIES (1L << 20)
 
 static _Atomic pid_t *table;	/* MAP_SHARED: the launcher's and every agent's */
-static _Atomic pid_t *mine;	/* an agent's own entry; NULL outside an agent */
+static _Atomic pid_t *mine;	/* an agent's own entry (the launcher's: the last it gave) */
 
 /* launcher only: entries freed by ended agents, and the first never used */
 static long *free_entries;
