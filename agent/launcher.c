@@ -110,6 +110,9 @@ static _Noreturn void become_agent(struct launcher *l, int session_fd)
 		diag("close_range", err);
 		_exit(1);
 	}
+	/* our entry's page, touched now while we wait as the spare: its first write is a
+	 * page fault (some 5 us here), which the spawn would otherwise pay at its clone */
+	orphans_note_child(0);
 	int status = agent_main(3);
 	if (LINX_SANITIZED)
 		exit(status);
