@@ -420,7 +420,7 @@ static void on_report(struct session *s)
 
 static void on_exit_ready(struct session *s)
 {
-	int st, err = child_reap(&s->child, &st);
+	int st, err = child_reap_exited(&s->child, &st);
 
 	/* without a status there is no outcome to report, and EXITED(0) would be a lie */
 	if (err)

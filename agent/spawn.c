@@ -480,13 +480,13 @@ static int await_exit(const struct child *c)
 	return 0;
 }
 
-int child_reap(struct child *c, int *status)
+static int reap(struct child *c, int *status, int exited)
 {
 	int err = 0;
 
 	*status = 0;
 	if (c->pid > 0) {
-		err = await_exit(c);
+		err = exited ? 0 : await_exit(c);
 		orphans_note_child(0);	/* the wait below frees its pid for reuse */
 		while (!err && waitpid(c->pid, status, 0) < 0) {
 			if (errno != EINTR) {
@@ -500,6 +500,16 @@ int child_reap(struct child *c, int *status)
 	close_fd(&c->report_rd);
 	close_fd(&c->release_wr);
 	return err;
+}
+
+int child_reap(struct child *c, int *status)
+{
+	return reap(c, status, 0);
+}
+
+int child_reap_exited(struct child *c, int *status)
+{
+	return reap(c, status, 1);
 }
 
 void child_discard(struct child *c)
