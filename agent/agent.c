@@ -704,21 +704,6 @@ static int exits_within(const struct child *c, uint64_t ms)
 	}
 }
 
-/* fd 2 is the stderr of the Python process that started the launcher: often a pipe that
- * its own parent reads to EOF (a shell's $(...), subprocess's capture_output). Python is
- * gone, and waiting out a grace or a linger with it open would keep that reader waiting
- * for a workload that never had the pipe. What we might still say goes nowhere: nobody
- * is left to hear it. */
-static void let_go_of_stderr(void)
-{
-	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
-
-	if (fd < 0 || dup2(fd, 2) < 0)
-		diag("orphan stderr", errno);
-	if (fd > 2)
-		close(fd);
-}
-
 /* Let past the checkpoint (PROCEED, or auto_proceed's early release byte): committed to
  * run, even if its exec outcome is not in yet. */
 static int released(const struct session *s)

@@ -36,15 +36,19 @@ struct launcher {
 	int sfd;
 	struct agent_rec *agents;
 	size_t nagents, cap;
+	int draining;		/* no more requests: see drain() */
+	int mute;		/* Python is gone: nothing more is sent */
 };
 
-/* Python is gone or broke the protocol: we go, the agents stay. */
+/* Done (drain), or unable to go on: agents still alive then run on unwatched. */
 static _Noreturn void quit(struct launcher *l)
 {
 	chan_free(&l->ch);
 	free(l->agents);
 	exit(0);
 }
+
+static _Noreturn void drain(struct launcher *l);
 
 /* Sending never blocks (chan_flush), so a Python that is slow to read AGENT_EXITED cannot
  * stall START_AGENT for everyone: what the socket does not take waits for POLLOUT. */
@@ -55,12 +59,16 @@ static void flush(struct launcher *l)
 	if (err) {
 		if (err != EPIPE && err != ECONNRESET)
 			diag("send", err);
-		quit(l);
+		l->mute = 1;
+		if (!l->draining)
+			drain(l);
 	}
 }
 
 static void queue(struct launcher *l, struct wire_out *o)
 {
+	if (l->mute)
+		return;
 	if (wire_end(o) < 0) {
 		diag("encode", EOVERFLOW);
 		return;
@@ -202,7 +210,7 @@ static void on_frame(struct launcher *l, const struct wire_frame *f)
 	uint64_t token;
 
 	if (f->type != MSG_START_AGENT || request_decode_start_agent(f, &token))
-		quit(l);
+		drain(l);
 	if (l->ch.fds_lost) {
 		/* the kernel dropped the fd (MSG_CTRUNC), nearly always RLIMIT_NOFILE */
 		l->ch.fds_lost = 0;
@@ -211,14 +219,14 @@ static void on_frame(struct launcher *l, const struct wire_frame *f)
 		return;
 	}
 	if (l->ch.nfds != 1)
-		quit(l);
+		drain(l);
 	int fd = chan_take_fd(&l->ch);
 	int err = stream_socket_err(fd);
 	if (err) {
 		/* an agent on a datagram socket would never see Python's EOF, and outlive it */
 		diag("START_AGENT fd", err);
 		close(fd);
-		quit(l);
+		drain(l);
 	}
 	start_agent(l, token, fd);
 }
@@ -234,17 +242,61 @@ static void on_channel(struct launcher *l)
 		if (n <= 0) {
 			if (n < 0 && n != -ECONNRESET)
 				diag("recvmsg", (int)-n);
-			quit(l);
+			drain(l);
 		}
 		struct wire_frame f;
 		enum wire_status st = chan_frame(&l->ch, WIRE_CAP_LAUNCHER, &f);
 		if (st == WIRE_SHORT)
 			continue;
 		if (st != WIRE_OK)
-			quit(l);
+			drain(l);
 		on_frame(l, &f);
 		chan_consume(&l->ch, f.total);
 		return;
+	}
+}
+
+/* What Python sent that we will not act on (after a malformed frame), fds and all: a
+ * session socket left in our queue would keep its session waiting until we exit. */
+static void discard_unread(struct launcher *l)
+{
+	l->ch.one_frame = 0;
+	do {
+		chan_consume(&l->ch, l->ch.len);
+		chan_close_fds(&l->ch);
+	} while (chan_fill(&l->ch, WIRE_CAP_LAUNCHER) > 0);
+}
+
+/* No more requests: Python is gone (EOF, EPIPE), retired us (EOF: it shut its end for
+ * writing), or broke the protocol. The agents we forked stay ours until they end, so that
+ * the child of one that dies is still killed (orphans.h), and while Python reads, an
+ * agent's death is still reported; then we go. Python learns that we take no more
+ * requests from a send that fails (EPIPE: our end is shut for reading). */
+static _Noreturn void drain(struct launcher *l)
+{
+	l->draining = 1;
+	if (shutdown(l->ch.fd, SHUT_RD) < 0 && errno != ENOTCONN)
+		diag("shutdown", errno);
+	discard_unread(l);
+	if (l->nagents)
+		let_go_of_stderr();
+	for (;;) {
+		reap_agents(l);
+		if (l->nagents == 0)
+			quit(l);
+		int out = !l->mute && l->ch.outlen;
+		struct pollfd p[2] = {
+			{ .fd = l->sfd, .events = POLLIN },
+			{ .fd = l->ch.fd, .events = POLLOUT },
+		};
+		if (poll(p, out ? 2 : 1, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			diag("poll", errno);
+			quit(l);
+		}
+		if (out && p[1].revents)
+			flush(l);
 	}
 }
 

@@ -213,3 +213,18 @@ int stream_socket_err(int fd)
 		return errno;
 	return type == SOCK_STREAM ? 0 : EPROTOTYPE;
 }
+
+/* fd 2 is the stderr of the Python process that started the launcher: often a pipe that
+ * its own parent reads to EOF (a shell's $(...), subprocess's capture_output). Python is
+ * gone, and waiting out a grace or a linger with it open would keep that reader waiting
+ * for a workload that never had the pipe. What we might still say goes nowhere: nobody
+ * is left to hear it. */
+void let_go_of_stderr(void)
+{
+	int fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || dup2(fd, 2) < 0)
+		diag("orphan stderr", errno);
+	if (fd > 2)
+		close(fd);
+}

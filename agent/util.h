@@ -101,6 +101,10 @@ int close_fds_from(unsigned int first, int cloexec);
  * one would outlive its peer. */
 int stream_socket_err(int fd);
 
+/* /dev/null on fd 2, for a process that outlives the Python program whose stderr that
+ * was (often a pipe whose reader waits for EOF). */
+void let_go_of_stderr(void);
+
 /* Closes fd if >= 0, keeping errno intact, and sets it to -1. */
 void close_fd(int *fd);
 

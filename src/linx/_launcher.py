@@ -136,12 +136,18 @@ class Launcher:
             view, rights = view[sent:], []
 
     def retire(self) -> None:
-        """Ask nothing more of this launcher (any thread). Its channel closes, so it exits;
-        the agents it forked run on, and their sessions end as usual, without its word on
-        an agent that dies (`agent_died` then has no status)."""
+        """Ask nothing more of this launcher (any thread). Its channel is shut for writing:
+        it takes no request after that, stays while the agents it forked run (reporting
+        one that dies, and killing its workload), and then exits, which ends the channel.
+        """
         with self._send_lock:
+            if self.retired or not self.alive:
+                return
             self.retired = True
-        self._reactor.call_soon(self._gone)
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:  # it is gone already: its EOF, or its pidfd, says so
+                pass
 
     # --- reactor thread -----------------------------------------------------------------
 

@@ -471,6 +471,49 @@ def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
     assert launcher.status == 0
 
 
+def _start_agent(launcher: RawLauncher, token: int) -> socket.socket:
+    """Python's end of a session whose other end goes with a START_AGENT(`token`)."""
+    ours, agent_end = socket.socketpair()
+    fds = array.array("i", [agent_end.fileno()])
+    frame = _wire.encode(_wire.StartAgent(token=token))
+    launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    agent_end.close()
+    return ours
+
+
+def test_after_a_malformed_frame_the_launcher_stays_for_its_agents_and_reads_no_more() -> None:
+    # It stays while an agent of its own runs (to reap it, and kill its child should it
+    # die: design.md), refuses further sends (EPIPE), and closes the session fds it will
+    # not act on at once: kept in its queue, they would wait for its exit.
+    launcher = RawLauncher()
+    served = _start_agent(launcher, 1)
+    try:
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+        assert wait_until(lambda: children.read_text() != ""), "no agent for the first request"
+        os.kill(launcher.pid, signal.SIGSTOP)  # so that all that follows is queued at once
+        launcher.sock.sendall(struct.pack("<IH", 2, 0x7777))  # an unknown type
+        unread = _start_agent(launcher, 2)
+        os.kill(launcher.pid, signal.SIGCONT)
+        unread.settimeout(5)
+        assert unread.recv(1) == b"", "an agent holds the socket"
+        unread.close()
+
+        def refused() -> bool:
+            try:
+                launcher.sock.send(_wire.encode(_wire.StartAgent(token=3)))
+            except BrokenPipeError:
+                return True
+            return False
+
+        assert wait_until(refused), "the launcher still reads"
+        assert not launcher.exited(), "the launcher left its agent"
+    finally:
+        served.close()  # its agent sees EOF and ends: then so does the launcher
+    assert wait_until(lambda: launcher.exited(), 5)
+    launcher.close()
+    assert launcher.status == 0
+
+
 @at_its_fd_limit("launcher")
 def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile() -> None:
     # At the launcher's RLIMIT_NOFILE the kernel drops START_AGENT's fd (MSG_CTRUNC): the

@@ -587,11 +587,12 @@ def run_launcher_plan(steps: list[LauncherStep], san: Path) -> None:
                 links.add(link)
                 if ours is not None:
                     sessions.append(ours)
-        sock.shutdown(socket.SHUT_WR)  # EOF: the launcher exits
-        replies = _read_all(sock, _wire.LAUNCHER_REPLIES)
-        status = _reap(pid)
+        # EOF: the launcher takes no more requests, and exits once its agents have ended
+        sock.shutdown(socket.SHUT_WR)
         for session in sessions:
             _check_session(session, tag)
+        replies = _read_all(sock, _wire.LAUNCHER_REPLIES)
+        status = _reap(pid)
     finally:
         sock.close()
         for session in sessions:

@@ -128,6 +128,70 @@ def test_linger_policy_keeps_workloads_running_after_python_process_dies(
         assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=5)
 
 
+# A Python process whose one workload drops root and shrugs off SIGTERM, under a grace
+# longer than the test; prints its launcher's, its agent's and its workload's pids.
+DROPPED_ROOT_OWNER = textwrap.dedent(
+    """
+    import os, sys, time
+    import linx
+    from linx._runtime import get_runtime
+
+    code = (
+        "import os, signal, time\\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+        "os.setgroups([])\\n"
+        "os.setresgid(65534, 65534, 65534)\\n"
+        "os.setresuid(65534, 65534, 65534)\\n"
+        "time.sleep(120)\\n"
+    )
+    session = linx.spawn(
+        [sys.executable, "-c", code], orphan_policy=("kill", 120.0), auto_proceed=True
+    )
+    for expected in (linx.Ready, linx.Running):
+        assert isinstance(session.events.get(timeout=10), expected)
+    while os.stat(f"/proc/{session.host_pid}").st_uid != 65534:
+        time.sleep(0.01)
+    agent = session._channel.state.agent_pid
+    print(get_runtime()._launcher.pid, agent, session.host_pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_workload_that_dropped_root_dies_with_its_agent_killed_after_its_python(
+    owner_process: list[subprocess.Popen[str]],
+) -> None:
+    # Python dies first; the agent waits out its grace (the workload ignores SIGTERM). The
+    # launcher, at its channel's EOF, stays for the agents it forked: so an agent killed
+    # then still takes its workload with it, which no death signal does for this one.
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DROPPED_ROOT_OWNER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    owner_process.append(proc)
+    launcher, agent, workload = map(int, _read_line(proc).split())
+    try:
+        proc.kill()
+        proc.wait()
+
+        def launcher_heard_the_eof() -> bool:  # it lets go of Python's stderr, or exits
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                return os.readlink(f"/proc/{launcher}/fd/2") == os.devnull
+            return True
+
+        assert wait_until(launcher_heard_the_eof)
+        assert pid_alive(workload), "the grace should still hold it"
+        os.kill(agent, signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(workload)), "it outlived its agent"
+        assert wait_until(lambda: not Path(f"/proc/{launcher}").exists())  # no agent left
+    finally:
+        _kill_all([workload])
+
+
 def _sigterm_survivor(log: Path) -> str:
     """A shell script that writes "trapped" to `log` once it has its SIGTERM trap, notes each
     SIGTERM there and carries on. Run as pid 1 of its own pid namespace, so that when SIGKILL

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import stat
 import tempfile
 from pathlib import Path
@@ -151,8 +152,9 @@ def test_unprivileged_linx_run_without_a_user_namespace_exits_125_naming_clone(
 
 def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None:
     # A launcher runs with the credentials the process had when it started it. After a
-    # drop (a server giving up root), neither it nor its spare may serve another spawn,
-    # and it must go: kept, it would let the process start root agents again.
+    # drop (a server giving up root), neither it nor its spare may serve another spawn:
+    # its channel is shut for writing, so that it takes no request again. It stays while
+    # an agent of its own runs (the parked session's), then goes.
     done = run_python(
         f"""
         import json, os, time, linx
@@ -176,15 +178,18 @@ def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None
         os.setgid({NOBODY})
         os.setuid({NOBODY})
         after = ids()
+        kept = os.path.exists(f"/proc/{{root_launcher}}")
+        parked.proceed()
+        outcome = repr(parked.wait(timeout=20))
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{{root_launcher}}") and time.monotonic() < deadline:
             time.sleep(0.01)
-        parked.proceed()
         print(json.dumps({{
             "before": before,
             "after": after,
-            "root_launcher_gone": not os.path.exists(f"/proc/{{root_launcher}}"),
-            "parked": repr(parked.wait(timeout=20)),
+            "root_launcher_kept_for_its_agent": kept,
+            "parked": outcome,
+            "root_launcher_gone_after": not os.path.exists(f"/proc/{{root_launcher}}"),
         }}))
         """
     )
@@ -193,9 +198,39 @@ def test_after_a_privilege_drop_workloads_run_with_the_new_credentials() -> None
     assert report == {
         "before": ["0", "0"],
         "after": [str(NOBODY), str(NOBODY)],
-        "root_launcher_gone": True,
+        "root_launcher_kept_for_its_agent": True,
         "parked": "Exited(code=3)",
+        "root_launcher_gone_after": True,
     }, report
+
+
+def test_after_a_privilege_drop_an_agent_of_the_old_launcher_that_dies_is_reported() -> None:
+    # The launcher retired at the drop stays for its agents: one of them killed later
+    # still gets agent_died with the status its death gave, not "unknown".
+    done = run_python(
+        """
+        import json, os, signal, linx
+        from linx._runtime import get_runtime
+
+        linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=20)
+        parked = linx.spawn(["/bin/sleep", "60"])
+        assert isinstance(parked.events.get(timeout=20), linx.Ready)
+        old = get_runtime()._launcher
+        os.setgroups([])
+        os.setresgid(65534, 65534, 0)  # saved ids stay root's: the agent can be killed
+        os.setresuid(65534, 65534, 0)
+        linx.spawn(["/bin/true"], auto_proceed=True).wait(timeout=20)  # a new launcher
+        assert get_runtime()._launcher is not old and old.retired
+        os.setresuid(0, 0, 0)
+        os.kill(parked._channel.state.agent_pid, signal.SIGKILL)
+        try:
+            parked.wait(timeout=20)
+        except linx.ProcessError as error:
+            print(json.dumps([error.stage, error.code]))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ["agent_died", -signal.SIGKILL]
 
 
 def test_after_a_privilege_drop_workloads_inherit_a_directory_they_cannot_enter(
