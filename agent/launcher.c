@@ -270,8 +270,10 @@ static void discard_unread(struct launcher *l)
 /* No more requests: Python is gone (EOF, EPIPE), retired us (EOF: it shut its end for
  * writing), or broke the protocol. The agents we forked stay ours until they end, so that
  * the child of one that dies is still killed (orphans.h), and while Python reads, an
- * agent's death is still reported; then we go. Python learns that we take no more
- * requests from a send that fails (EPIPE: our end is shut for reading). */
+ * agent's death is still reported; then we go, once what we have to say has been taken
+ * (a retired launcher's Python reads on: a report left unsent would cost a session its
+ * status). Python learns that we take no more requests from a send that fails (EPIPE:
+ * our end is shut for reading). */
 static _Noreturn void drain(struct launcher *l)
 {
 	l->draining = 1;
@@ -282,9 +284,9 @@ static _Noreturn void drain(struct launcher *l)
 		let_go_of_stderr();
 	for (;;) {
 		reap_agents(l);
-		if (l->nagents == 0)
-			quit(l);
 		int out = !l->mute && l->ch.outlen;
+		if (l->nagents == 0 && !out)
+			quit(l);
 		struct pollfd p[2] = {
 			{ .fd = l->sfd, .events = POLLIN },
 			{ .fd = l->ch.fd, .events = POLLOUT },

@@ -40,8 +40,12 @@ from tests.conftest import (
 class RawAgent:
     """One `linx-agent --agent` (or `mode`) with its socket on fd 3."""
 
-    def __init__(self, env: dict[str, str] | None = None, mode: str = "--agent") -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, mode: str = "--agent", sndbuf: int = 0
+    ) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if sndbuf:  # what the agent's sends may have in flight (the kernel keeps a minimum)
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
         path = _launcher.agent_path()
         self.pid = os.posix_spawn(
@@ -88,8 +92,8 @@ class RawAgent:
 class RawLauncher(RawAgent):
     """One `linx-agent --launcher` with its channel on fd 3."""
 
-    def __init__(self) -> None:
-        super().__init__(mode="--launcher")
+    def __init__(self, sndbuf: int = 0) -> None:
+        super().__init__(mode="--launcher", sndbuf=sndbuf)
 
     def exited(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -510,6 +514,43 @@ def test_after_a_malformed_frame_the_launcher_stays_for_its_agents_and_reads_no_
     finally:
         served.close()  # its agent sees EOF and ends: then so does the launcher
     assert wait_until(lambda: launcher.exited(), 5)
+    launcher.close()
+    assert launcher.status == 0
+
+
+def test_a_retired_launcher_sends_every_report_before_it_exits() -> None:
+    # Retired (its channel shut for writing) while Python is alive but slow to read, it
+    # still reports each agent that dies; the last reports wait for room in the socket.
+    # It exited after its last agent with those unsent, and their sessions lost the
+    # status the launcher's word carries (agent_died with none).
+    launcher = RawLauncher(sndbuf=1)  # the kernel's minimum: a few reports fill it
+    count = 20
+    sessions = [_start_agent(launcher, token) for token in range(count)]
+    try:
+        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+        assert wait_until(lambda: len(children.read_text().split()) == count)
+        agents = [int(pid) for pid in children.read_text().split()]
+        launcher.sock.shutdown(socket.SHUT_WR)
+        for pid in agents:
+            os.kill(pid, signal.SIGKILL)
+
+        def all_reaped() -> bool:  # exited, or no agent left to wait for
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                return children.read_text() == ""
+            return True
+
+        assert wait_until(all_reaped), "the launcher did not reap its agents"
+        launcher.sock.settimeout(10)
+        reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
+        replies: list[_wire.Message] = []
+        while data := launcher.sock.recv(65536):
+            replies += reader.feed(data)
+    finally:
+        for session in sessions:
+            session.close()
+    assert sorted(r.token for r in replies if isinstance(r, _wire.AgentExited)) == list(
+        range(count)
+    ), replies
     launcher.close()
     assert launcher.status == 0
 
