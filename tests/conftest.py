@@ -90,6 +90,20 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def gone_and_reaped(pid: int) -> bool:
+    """`pid` is not even a zombie: somebody reaped it."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def launcher_pid() -> int:
+    """The pid of this process's current linx launcher (one must have started)."""
+    from linx._runtime import get_runtime
+
+    launcher = get_runtime()._launcher
+    assert launcher is not None
+    return launcher.pid
+
+
 def child_pids(pid: int) -> list[int]:
     """The children of `pid`'s main thread, oldest first; none once it is gone."""
     try:

@@ -26,11 +26,11 @@ import pytest
 from linx import _launcher, _wire
 from tests.conftest import (
     SPAWN_PATHS,
+    Pipe,
     build_helper,
     child_pids,
     pid_alive,
     process_state,
-    read_to_eof,
     run_python,
     spawn_path_env,
     wait_until,
@@ -94,6 +94,7 @@ class RawLauncher(RawAgent):
 
     def __init__(self, sndbuf: int = 0) -> None:
         super().__init__(mode="--launcher", sndbuf=sndbuf)
+        self.reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
 
     def exited(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -118,6 +119,11 @@ def _spawn(**fields: object) -> bytes:
     base: dict[str, object] = {"version": 1, "argv": (b"/bin/true",), "env": ()}
     base.update(fields)
     return _wire.encode(_wire.Spawn(**base))  # type: ignore[arg-type]
+
+
+def _send_with_fds(sock: socket.socket, frame: bytes, *fds: int) -> None:
+    """`frame` in one sendmsg, `fds` riding on its first byte (SCM_RIGHTS)."""
+    sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 def _error(messages: list[_wire.Message]) -> tuple[str, int]:
@@ -183,10 +189,7 @@ def test_stdio_fd_index_one_past_the_fds_sent_is_malformed_request(agent: RawAge
     # one fd sent: index 0 is it, index 1 is past the end of what the agent took
     read_end, write_end = os.pipe()
     try:
-        agent.sock.sendmsg(
-            [_spawn(auto_proceed=1, stdout=_wire.stdio_fd(1))],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))],
-        )
+        _send_with_fds(agent.sock, _spawn(auto_proceed=1, stdout=_wire.stdio_fd(1)), write_end)
         os.close(write_end)
         assert _error(agent.messages()) == ("malformed_request", errno.EINVAL)
         assert os.read(read_end, 1) == b""  # and the fd it took is closed
@@ -269,10 +272,7 @@ def test_fds_the_agent_cannot_take_are_stage_recvmsg_emfile(agent: RawAgent) -> 
     _hold_at_fd_limit(agent.pid)
     read_end, write_end = os.pipe()
     try:
-        agent.sock.sendmsg(
-            [_spawn(stdout=_wire.stdio_fd(0))],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_end]))],
-        )
+        _send_with_fds(agent.sock, _spawn(stdout=_wire.stdio_fd(0)), write_end)
     finally:
         os.close(write_end)
     assert _error(agent.messages()) == ("recvmsg", errno.EMFILE)
@@ -455,13 +455,20 @@ def test_auto_proceed_child_failing_before_ready_reports_its_own_error() -> None
         assert raw.status == 0
 
 
+def _start_agent(launcher: RawLauncher, token: int) -> socket.socket:
+    """Python's end of a session whose other end goes with a START_AGENT(`token`)."""
+    ours, agent_end = socket.socketpair()
+    _send_with_fds(launcher.sock, _wire.encode(_wire.StartAgent(token=token)), agent_end.fileno())
+    agent_end.close()
+    return ours
+
+
 def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
     launcher = RawLauncher()
     first, first_agent_end = socket.socketpair()
     second, second_agent_end = socket.socketpair()
-    fds = array.array("i", [first_agent_end.fileno(), second_agent_end.fileno()])
     frame = _wire.encode(_wire.StartAgent(token=111))
-    launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+    _send_with_fds(launcher.sock, frame, first_agent_end.fileno(), second_agent_end.fileno())
     first_agent_end.close()
     second_agent_end.close()
     # the launcher exits as for any malformed frame; neither socket got an agent, nor is
@@ -475,16 +482,6 @@ def test_start_agent_with_two_fds_is_malformed_and_forks_no_agent() -> None:
     assert launcher.status == 0
 
 
-def _start_agent(launcher: RawLauncher, token: int) -> socket.socket:
-    """Python's end of a session whose other end goes with a START_AGENT(`token`)."""
-    ours, agent_end = socket.socketpair()
-    fds = array.array("i", [agent_end.fileno()])
-    frame = _wire.encode(_wire.StartAgent(token=token))
-    launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-    agent_end.close()
-    return ours
-
-
 def test_after_a_malformed_frame_the_launcher_stays_for_its_agents_and_reads_no_more() -> None:
     # It stays while an agent of its own runs (to reap it, and kill its child should it
     # die: design.md), refuses further sends (EPIPE), and closes the session fds it will
@@ -492,8 +489,7 @@ def test_after_a_malformed_frame_the_launcher_stays_for_its_agents_and_reads_no_
     launcher = RawLauncher()
     served = _start_agent(launcher, 1)
     try:
-        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
-        assert wait_until(lambda: children.read_text() != ""), "no agent for the first request"
+        assert wait_until(lambda: child_pids(launcher.pid) != []), "no agent for the request"
         os.kill(launcher.pid, signal.SIGSTOP)  # so that all that follows is queued at once
         launcher.sock.sendall(struct.pack("<IH", 2, 0x7777))  # an unknown type
         unread = _start_agent(launcher, 2)
@@ -527,24 +523,14 @@ def test_a_retired_launcher_sends_every_report_before_it_exits() -> None:
     count = 20
     sessions = [_start_agent(launcher, token) for token in range(count)]
     try:
-        children = Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
-        assert wait_until(lambda: len(children.read_text().split()) == count)
-        agents = [int(pid) for pid in children.read_text().split()]
+        assert wait_until(lambda: len(child_pids(launcher.pid)) == count)
+        agents = child_pids(launcher.pid)
         launcher.sock.shutdown(socket.SHUT_WR)
         for pid in agents:
             os.kill(pid, signal.SIGKILL)
-
-        def all_reaped() -> bool:  # exited, or no agent left to wait for
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                return children.read_text() == ""
-            return True
-
-        assert wait_until(all_reaped), "the launcher did not reap its agents"
-        launcher.sock.settimeout(10)
-        reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
-        replies: list[_wire.Message] = []
-        while data := launcher.sock.recv(65536):
-            replies += reader.feed(data)
+        # none left to reap (or the launcher gone), before a word of its replies is read
+        assert wait_until(lambda: child_pids(launcher.pid) == []), "agents not reaped"
+        replies = launcher.messages()
     finally:
         for session in sessions:
             session.close()
@@ -560,25 +546,22 @@ def test_a_session_fd_the_launcher_cannot_take_is_launch_failed_recvmsg_emfile()
     # At the launcher's RLIMIT_NOFILE the kernel drops START_AGENT's fd (MSG_CTRUNC): the
     # request was fine, so it is that token's LAUNCH_FAILED, and the launcher goes on
     launcher = RawLauncher()
-    ours, agent_end = socket.socketpair()
+    ours = None
     try:
         assert wait_until(lambda: "poll" in Path(f"/proc/{launcher.pid}/wchan").read_text())
         _hold_at_fd_limit(launcher.pid)
-        frame = _wire.encode(_wire.StartAgent(token=7))
-        fds = array.array("i", [agent_end.fileno()])
-        launcher.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        agent_end.close()
+        ours = _start_agent(launcher, 7)
         launcher.sock.settimeout(10)
-        reader = _wire.FrameReader(_wire.LAUNCHER_REPLIES)
         replies: list[_wire.Message] = []
         while not replies:
             data = launcher.sock.recv(65536)
             assert data, "the launcher closed its channel"
-            replies += reader.feed(data)
+            replies += launcher.reader.feed(data)
         assert replies == [_wire.LaunchFailed(token=7, stage=b"recvmsg", errno=errno.EMFILE)]
         assert not launcher.exited()
     finally:
-        ours.close()
+        if ours is not None:
+            ours.close()
         launcher.close()
     assert launcher.status == 0
 
@@ -593,10 +576,7 @@ def test_a_start_agent_over_the_launcher_cap_forks_no_agent() -> None:
     pad = _wire.MAX_LAUNCHER_REQUEST + 1 - len(body) - 6
     body += struct.pack("<HI", 99, pad) + b"\0" * pad
     assert len(body) == _wire.MAX_LAUNCHER_REQUEST + 1
-    fds = array.array("i", [agent_end.fileno()])
-    launcher.sock.sendmsg(
-        [struct.pack("<I", len(body)) + body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
-    )
+    _send_with_fds(launcher.sock, struct.pack("<I", len(body)) + body, agent_end.fileno())
     agent_end.close()
     assert wait_until(lambda: launcher.exited(), 5), "the launcher took an oversized frame"
     ours.settimeout(5)
@@ -625,10 +605,7 @@ def test_start_agent_with_a_datagram_socket_is_malformed_and_forks_no_agent() ->
     # Python, waiting in poll for ever (found by the live fuzz, test_live_fuzz.py).
     launcher = RawLauncher()
     ours, agent_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    frame = _wire.encode(_wire.StartAgent(token=112))
-    launcher.sock.sendmsg(
-        [frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [agent_end.fileno()]))]
-    )
+    _send_with_fds(launcher.sock, _wire.encode(_wire.StartAgent(token=112)), agent_end.fileno())
     launcher.sock.shutdown(socket.SHUT_WR)  # EOF behind it: the launcher ends either way
     assert launcher.messages() == []
     launcher.close()
@@ -923,53 +900,33 @@ def test_command_shorter_than_its_type_is_a_notice_and_skipped(split: bool) -> N
     assert messages == [MALFORMED_COMMAND, _wire.Running(), _wire.Exited(code=4)]
 
 
-def test_fds_sent_with_a_command_are_closed() -> None:
+def test_fds_sent_with_a_command_are_closed(agent: RawAgent, pipe: Pipe) -> None:
     # Commands take no fds (protocol.md): the agent closes any that come with one, at
     # once, and acts on the command. A pipe's write end kept by the agent would hold off
     # its reader's EOF for as long as the session lives.
-    raw = RawAgent()
-    read_end, write_end = os.pipe()
-    try:
-        raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
-        _read_until(raw, _wire.Ready)
-        frame = _wire.encode(_wire.Signal(signum=0))
-        rights = array.array("i", [write_end])
-        raw.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-        os.close(write_end)
-        write_end = -1
-        # the session lives on (parked); only the agent could still hold the write end
-        assert read_to_eof(read_end, timeout=5) == b""
-        raw.send(_wire.encode(_wire.Abort()))
-        assert raw.messages() == [_wire.Aborted()]
-    finally:
-        if write_end >= 0:
-            os.close(write_end)
-        os.close(read_end)
-        raw.close()
-    assert raw.status == 0
+    agent.send(_spawn(argv=(b"/bin/sleep", b"30")))
+    _read_until(agent, _wire.Ready)
+    _send_with_fds(agent.sock, _wire.encode(_wire.Signal(signum=0)), pipe.write_end)
+    pipe.close_write()
+    # the session lives on (parked); only the agent could still hold the write end
+    assert pipe.read_to_eof(timeout=5) == b""
+    agent.send(_wire.encode(_wire.Abort()))
+    assert agent.messages() == [_wire.Aborted()]
 
 
 @at_its_fd_limit("agent")
-def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice() -> None:
+def test_fds_a_command_brought_that_the_agent_could_not_take_are_a_notice(
+    agent: RawAgent, pipe: Pipe
+) -> None:
     # At the agent's RLIMIT_NOFILE the kernel drops a command's fd (MSG_CTRUNC): the
     # command is still acted on, and what was lost is a NOTICE, not an end of the session.
-    raw = RawAgent()
-    read_end, write_end = os.pipe()
-    try:
-        raw.send(_spawn(argv=(b"/bin/sleep", b"30")))
-        _read_until(raw, _wire.Ready)
-        _hold_at_fd_limit(raw.pid)
-        frame = _wire.encode(_wire.Signal(signum=0))
-        rights = array.array("i", [write_end])
-        raw.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-        assert _read_until(raw, _wire.Notice) == [MALFORMED_COMMAND]
-        raw.send(_wire.encode(_wire.Abort()))
-        assert raw.messages() == [_wire.Aborted()]
-    finally:
-        os.close(write_end)
-        os.close(read_end)
-        raw.close()
-    assert raw.status == 0
+    agent.send(_spawn(argv=(b"/bin/sleep", b"30")))
+    _read_until(agent, _wire.Ready)
+    _hold_at_fd_limit(agent.pid)
+    _send_with_fds(agent.sock, _wire.encode(_wire.Signal(signum=0)), pipe.write_end)
+    assert _read_until(agent, _wire.Notice) == [MALFORMED_COMMAND]
+    agent.send(_wire.encode(_wire.Abort()))
+    assert agent.messages() == [_wire.Aborted()]
 
 
 def test_kill_policy_wakes_a_stopped_workload_to_act_on_its_sigterm(tmp_path: Path) -> None:

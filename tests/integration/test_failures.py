@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 import linx
-from linx._runtime import get_runtime
 from tests.conftest import (
     INTERRUPTED_SPAWN,
     NOBODY,
@@ -32,6 +31,8 @@ from tests.conftest import (
     child_pids,
     drain,
     expect,
+    gone_and_reaped,
+    launcher_pid,
     no_more_events,
     pid_alive,
     process_state,
@@ -307,17 +308,6 @@ time.sleep(60)
 """
 
 
-def linx_launcher_pid() -> int:
-    launcher = get_runtime()._launcher
-    assert launcher is not None
-    return launcher.pid
-
-
-def gone_and_reaped(pid: int) -> bool:
-    """Not even a zombie: somebody reaped it."""
-    return not Path(f"/proc/{pid}").exists()
-
-
 @pytest.mark.parametrize("auto_proceed", [False, True], ids=["parked", "auto_proceed"])
 @pytest.mark.parametrize("namespaces", [[], ["pid"]], ids=["no-ns", "pid-ns"])
 def test_a_workload_that_drops_its_own_ids_still_dies_with_its_agent(
@@ -458,7 +448,7 @@ def test_what_a_workload_left_running_outlives_another_agents_death(
     (daemon,) = map(int, pipe.read_lines(1))
     try:
         assert left.wait(10) == linx.Exited(0)
-        assert wait_until(lambda: daemon in child_pids(linx_launcher_pid()))
+        assert wait_until(lambda: daemon in child_pids(launcher_pid()))
         other = session_factory(["/bin/sleep", "60"], auto_proceed=True)
         ready = expect(other, linx.Ready)
         expect(other, linx.Running)

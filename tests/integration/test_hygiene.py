@@ -27,6 +27,7 @@ from tests.conftest import (
     INTERRUPTED_SPAWN,
     drain,
     expect,
+    launcher_pid,
     pid_alive,
     process_state,
     run_python,
@@ -88,12 +89,6 @@ def _zombies_under(root: int) -> list[int]:
 
 def _zombie_children_of(*parents: int) -> list[int]:
     return [pid for pid, (st, ppid) in _process_table().items() if st == "Z" and ppid in parents]
-
-
-def _launcher_pid() -> int:
-    launcher = get_runtime()._launcher
-    assert launcher is not None
-    return launcher.pid
 
 
 def _fd_targets(pid: int) -> dict[int, str]:
@@ -216,7 +211,7 @@ def test_a_thousand_sessions_with_mixed_endings_leak_no_fd_thread_or_zombie() ->
     zombies_before = set(_zombies_under(os.getpid()))  # not ours to judge: other tests'
     fds_before = _open_fds()
     threads_before = _thread_counts()
-    launcher = _launcher_pid()
+    launcher = launcher_pid()
 
     batches = -(-1000 // len(ENDINGS))
     for _ in range(batches):
@@ -230,7 +225,7 @@ def test_a_thousand_sessions_with_mixed_endings_leak_no_fd_thread_or_zombie() ->
     lost = {fd: target for fd, target in fds_before.items() if fd not in fds_after}
     assert not leaked and not lost, f"fds leaked: {leaked}; fds lost: {lost}"
     assert _thread_counts() == threads_before
-    assert _launcher_pid() == launcher, "the launcher was replaced during the run"
+    assert launcher_pid() == launcher, "the launcher was replaced during the run"
 
     def new_zombies() -> set[int]:
         return set(_zombies_under(os.getpid())) - zombies_before
@@ -263,7 +258,7 @@ def test_workload_has_only_fds_0_1_2_although_this_process_has_inheritable_fds()
             # Nor does the pipe reach the programs in between.
             agent = _ppid(host_pid)
             assert pipe not in _fd_targets(agent).values()
-            assert pipe not in _fd_targets(_launcher_pid()).values()
+            assert pipe not in _fd_targets(launcher_pid()).values()
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -376,7 +371,7 @@ def _forked_child_checks(
     if outcome != linx.Exited(code=0):
         say(f"the child's own session ended with {outcome!r}")
         return 4
-    launcher = _launcher_pid()
+    launcher = launcher_pid()
     if launcher == parent_launcher or _ppid(launcher) != os.getpid():
         say(f"the child uses launcher {launcher}, not one of its own")
         return 5
@@ -393,7 +388,7 @@ def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected()
         expect(running, linx.Ready)
         running.proceed()
         expect(running, linx.Running)
-        parent_launcher = _launcher_pid()
+        parent_launcher = launcher_pid()
         report_read, report_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never return into pytest
@@ -413,7 +408,7 @@ def test_forked_child_gets_its_own_launcher_and_parent_sessions_are_unaffected()
         # The parent's sessions did not notice: the parked one still parks, the running one runs.
         assert parked.info().stage == linx.Stage.READY
         assert running.info().stage == linx.Stage.RUNNING
-        assert _launcher_pid() == parent_launcher
+        assert launcher_pid() == parent_launcher
         parked.proceed()
         assert parked.wait(timeout=10) == linx.Exited(code=0)
         os.write(go_write, b"go\n")  # the shell reads its line and exits 3

@@ -23,6 +23,7 @@ from tests.conftest import (
     ROOT,
     child_pids,
     expect,
+    gone_and_reaped,
     pid_alive,
     process_state,
     run_python,
@@ -125,7 +126,7 @@ def test_linger_policy_keeps_workloads_running_after_python_process_dies(
             time.sleep(0.05)
         _kill_all(pids)
         # Their agents stayed to reap them: no zombie is left.
-        assert wait_until(lambda: not any(Path(f"/proc/{p}").exists() for p in pids), timeout=5)
+        assert wait_until(lambda: all(map(gone_and_reaped, pids)), timeout=5)
 
 
 # A Python process whose one workload drops root and shrugs off SIGTERM, under a grace
@@ -187,7 +188,7 @@ def test_a_workload_that_dropped_root_dies_with_its_agent_killed_after_its_pytho
         assert pid_alive(workload), "the grace should still hold it"
         os.kill(agent, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(workload)), "it outlived its agent"
-        assert wait_until(lambda: not Path(f"/proc/{launcher}").exists())  # no agent left
+        assert wait_until(lambda: gone_and_reaped(launcher))  # no agent left
     finally:
         _kill_all([workload])
 
@@ -246,7 +247,7 @@ def test_sigkilled_launcher_leaves_running_sessions_alone_and_is_replaced() -> N
         os.kill(launcher.pid, signal.SIGKILL)
         assert wait_until(lambda: not launcher.alive), "linx did not notice its launcher died"
         # linx reaped it: no zombie launcher left behind.
-        assert wait_until(lambda: not Path(f"/proc/{launcher.pid}").exists(), timeout=5)
+        assert wait_until(lambda: gone_and_reaped(launcher.pid), timeout=5)
 
         assert running.wait(timeout=10) == linx.Exited(code=5)
         parked.proceed()
