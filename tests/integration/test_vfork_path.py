@@ -311,7 +311,7 @@ def test_the_agent_vforks_exactly_when_it_should(
 # --- a child killed on its way into execve ------------------------------------------------
 
 # Every child dies on entry to execve (a seccomp filter the agent runs under, from
-# helpers/kill_at_execve.c), after its exec marker: it closes the report pipe as a
+# helpers/kill_at_syscall.c), after its exec marker: it closes the report pipe as a
 # successful exec would, and dies a moment later. At full speed, with no tracer to slow the
 # agent down, that moment is a race the agent must not lose.
 KILLED_AT_EXEC = """
@@ -335,8 +335,8 @@ print(json.dumps(dict(seen)))
 
 
 @pytest.fixture(scope="module")
-def kill_at_execve(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_helper(tmp_path_factory, "kill_at_execve")
+def kill_at_syscall(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_helper(tmp_path_factory, "kill_at_syscall")
 
 
 @pytest.mark.parametrize(
@@ -345,12 +345,13 @@ def kill_at_execve(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids=["vfork", "fork-auto-proceed", "fork-proceed"],
 )
 def test_a_child_killed_on_its_way_into_execve_never_reports_running(
-    path: str, auto: bool, kill_at_execve: Path
+    path: str, auto: bool, kill_at_syscall: Path
 ) -> None:
     env = {
         **spawn_path_env(path),
         "LINX_REAL_AGENT": _launcher.agent_path(),
-        "LINX_AGENT": str(kill_at_execve),
+        "LINX_KILL_SYSCALL": "execve",
+        "LINX_AGENT": str(kill_at_syscall),
     }
     done = run_python(f"AUTO = {auto}\n" + textwrap.dedent(KILLED_AT_EXEC), env=env, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,8 @@
 /* Test helper: runs linx-agent ($LINX_REAL_AGENT) under a seccomp filter that kills any
- * process of it making the syscall named $LINX_KILL_SYSCALL (one of `known` below). For a syscall only the
- * child makes (sethostname, say), the child dies right there, with no error record: a
- * death at a chosen point of its way, without a tracer or a race. */
+ * process of it making the syscall named $LINX_KILL_SYSCALL (one of `known` below). For a
+ * syscall only the child makes (sethostname, or execve), the child dies right there, with
+ * no error record: a death at a chosen point of its way, without a tracer or a race. The
+ * agent itself is started with execveat, a different syscall, so execve may be the one. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/filter.h>
@@ -23,6 +24,7 @@ static const struct {
 	unsigned nr;
 } known[] = {
 	{ "sethostname", __NR_sethostname },
+	{ "execve", __NR_execve },
 };
 
 static int lookup(const char *name, unsigned *nr)
@@ -60,7 +62,7 @@ int main(int argc, char **argv)
 		perror("kill_at_syscall: seccomp");
 		return 1;
 	}
-	execve(agent, argv, environ);
-	perror("kill_at_syscall: execve");
+	syscall(SYS_execveat, AT_FDCWD, agent, argv, environ, 0);
+	perror("kill_at_syscall: execveat");
 	return 1;
 }
